@@ -28,6 +28,7 @@ pub mod digest;
 pub mod error;
 pub mod estargz;
 pub mod layer;
+pub mod oci;
 
 pub use blob::{BlobRead, FileBlob};
 pub use digest::Digest;
