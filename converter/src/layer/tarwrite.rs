@@ -254,3 +254,240 @@ fn pax_time(secs: i64, nsec: u32) -> String {
     let frac = format!("{frac:09}");
     format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::layer::ingest::parse_pax;
+    use crate::layer::{IngestOptions, Layer};
+
+    fn entry(name: &str, kind: EntryKind) -> LayerEntry {
+        let mut e = LayerEntry::new(name, kind);
+        e.mode = 0o644;
+        e.mtime = 1_700_000_000;
+        e
+    }
+
+    /// Deterministic content for a regular file.
+    fn content_of(e: &LayerEntry) -> Vec<u8> {
+        (0..e.size)
+            .map(|i| (i * 7 + e.name.len() as u64) as u8)
+            .collect()
+    }
+
+    /// Writes the entries as an eStargz-style payload (no EOF blocks) and reads them back.
+    fn round_trip(entries: &[LayerEntry]) {
+        let mut tar = Vec::new();
+        for e in entries {
+            let header = tar_header(e).unwrap();
+            assert_eq!(header.len() % TAR_BLOCK, 0);
+            tar.extend(header);
+            if e.kind == EntryKind::Reg {
+                tar.extend(content_of(e));
+                tar.resize(tar.len().next_multiple_of(TAR_BLOCK), 0);
+            }
+        }
+        let layer = Layer::ingest(&tar[..], &IngestOptions::default()).unwrap();
+        assert_eq!(layer.entries.len(), entries.len());
+        for (want, got) in entries.iter().zip(&layer.entries) {
+            let mut want = want.clone();
+            if want.kind == EntryKind::Reg {
+                let content = content_of(&want);
+                let mut buf = vec![0u8; content.len()];
+                layer.read_content(got, 0, &mut buf).unwrap();
+                assert_eq!(buf, content, "{}", want.name);
+                want.digest = Some(Digest::of(&content));
+                want.spool_offset = got.spool_offset;
+            }
+            assert_eq!(got, &want);
+        }
+
+        // The tar crate, an independent reader, sees the same names.
+        let mut archive = tar::Archive::new(&tar[..]);
+        let names: Vec<Vec<u8>> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path_bytes().into_owned())
+            .collect();
+        let want: Vec<Vec<u8>> = entries.iter().map(|e| tar_name(e).into_bytes()).collect();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn names_in_the_tar() {
+        assert_eq!(tar_name(&entry("", EntryKind::Dir)), "./");
+        assert_eq!(tar_name(&entry("a/b", EntryKind::Dir)), "a/b/");
+        assert_eq!(tar_name(&entry("a/b", EntryKind::Reg)), "a/b");
+    }
+
+    #[test]
+    fn plain_entries_are_one_ustar_block() {
+        let mut e = entry("etc/passwd", EntryKind::Reg);
+        e.size = 42;
+        e.uname = "root".into();
+        let h = tar_header(&e).unwrap();
+        assert_eq!(h.len(), TAR_BLOCK);
+        assert_eq!(&h[257..265], b"ustar\x0000");
+        assert_eq!(h[156], b'0');
+        assert_eq!(&h[124..136], b"00000000052\0");
+        let parsed = tar::Header::from_byte_slice(&h);
+        assert_eq!(parsed.cksum().unwrap(), {
+            let mut b = h.clone();
+            b[148..156].fill(b' ');
+            b.iter().map(|&x| u32::from(x)).sum::<u32>()
+        });
+    }
+
+    #[test]
+    fn overflowing_fields_go_to_pax() {
+        let mut e = entry("big", EntryKind::Reg);
+        e.size = 9 << 30;
+        e.mtime = -1;
+        e.mtime_nsec = 500_000_000;
+        let h = tar_header(&e).unwrap();
+        assert_eq!(h[156], b'x');
+        let size = tar::Header::from_byte_slice(&h[..TAR_BLOCK])
+            .entry_size()
+            .unwrap() as usize;
+        let records = parse_pax(&h[TAR_BLOCK..TAR_BLOCK + size]).unwrap();
+        let records: Vec<_> = records
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        assert_eq!(
+            records,
+            [
+                ("size", (9u64 << 30).to_string()),
+                ("mtime", "-0.5".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unwritable_entries_are_errors() {
+        let mut e = entry("a", EntryKind::Reg);
+        e.pax_other.push(("path".into(), b"b".to_vec()));
+        assert!(tar_header(&e).is_err());
+        let mut e = entry("a", EntryKind::Reg);
+        e.xattrs.insert("user.a=b".into(), Vec::new());
+        assert!(tar_header(&e).is_err());
+        let mut e = entry("a", EntryKind::Char);
+        e.dev_major = u32::MAX;
+        let msg = tar_header(&e).unwrap_err().to_string();
+        assert!(msg.starts_with("entry `a`: device"), "{msg}");
+    }
+
+    #[test]
+    fn hand_picked_entries_round_trip() {
+        let mut v = vec![entry("", EntryKind::Dir)];
+        let mut sticky = entry("tmp", EntryKind::Dir);
+        sticky.mode = 0o1777;
+        v.push(sticky);
+        let mut f = entry("tmp/file", EntryKind::Reg);
+        (f.mode, f.size, f.uid, f.gid) = (0o6755, 5, 5_000_000_000, 0o10000000);
+        (f.uname, f.gname) = ("ünï".into(), "g".repeat(40));
+        (f.mtime, f.mtime_nsec) = (1_700_000_000, 123_456_789);
+        f.xattrs.insert(
+            "security.capability".into(),
+            b"\x01\0\0\x02\n\xff=\n".to_vec(),
+        );
+        f.xattrs.insert("user.empty".into(), Vec::new());
+        f.pax_other = vec![
+            ("atime".into(), b"1.5".to_vec()),
+            ("LIBARCHIVE.creationtime".into(), b"3".to_vec()),
+        ];
+        v.push(f);
+        let split = format!("{}/{}", "a".repeat(60), "b".repeat(90));
+        v.push(entry(&split, EntryKind::Fifo));
+        v.push(entry(&"x".repeat(100), EntryKind::Dir)); // 101 bytes with its slash
+        let deep = vec!["c"; 150].join("/");
+        v.push(entry(&deep, EntryKind::Dir));
+        let mut old = entry("日本/ファイル", EntryKind::Reg);
+        (old.mtime, old.mtime_nsec) = (-1, 250_000_000);
+        v.push(old);
+        let mut far = entry("far", EntryKind::Reg);
+        (far.mtime, far.size) = (1 << 40, 1000);
+        v.push(far);
+        let mut chr = entry("dev/c", EntryKind::Char);
+        (chr.dev_major, chr.dev_minor) = (4095, 1_048_575);
+        v.push(chr);
+        let mut blk = entry("dev/b", EntryKind::Block);
+        (blk.dev_major, blk.dev_minor) = (8, 1);
+        v.push(blk);
+        let mut hard = entry(&format!("{deep}/hard"), EntryKind::Hardlink);
+        hard.link_name = "tmp/file".into();
+        v.push(hard);
+        let mut sym = entry("sym", EntryKind::Symlink);
+        sym.link_name = "../..//./x/".repeat(30);
+        v.push(sym);
+        v.push(entry("empty", EntryKind::Reg));
+        round_trip(&v);
+    }
+
+    /// A small deterministic generator (xorshift) for the property test below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn component(&mut self) -> String {
+            const CHARS: [&str; 8] = ["a", "Z", "9", "-", " ", "é", "日", "_"];
+            let len = 1 + self.below(40);
+            (0..len).map(|_| CHARS[self.below(8) as usize]).collect()
+        }
+    }
+
+    #[test]
+    fn generated_entries_round_trip() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut v: Vec<LayerEntry> = Vec::new();
+        for i in 0..300 {
+            let depth = 1 + rng.below(8);
+            let mut name = format!("{i}");
+            for _ in 0..depth {
+                name = format!("{name}/{}", rng.component());
+            }
+            let kinds = [
+                EntryKind::Dir,
+                EntryKind::Reg,
+                EntryKind::Symlink,
+                EntryKind::Char,
+                EntryKind::Fifo,
+                EntryKind::Hardlink,
+            ];
+            let kind = kinds[rng.below(6) as usize];
+            let mut e = entry(&name, kind);
+            e.mode = rng.below(0o10000) as u32;
+            e.uid = [0, 1000, rng.next() >> 1][rng.below(3) as usize];
+            e.gid = [0, 0o7777777, 0o7777777 + 1][rng.below(3) as usize];
+            e.uname = ["", "root", "ünï"][rng.below(3) as usize].into();
+            e.mtime = rng.next() as i64 >> rng.below(64);
+            e.mtime_nsec =
+                [0, 1, 999_999_999, rng.below(1_000_000_000) as u32][rng.below(4) as usize];
+            if rng.below(4) == 0 {
+                let value: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+                e.xattrs.insert(format!("user.{}", rng.component()), value);
+            }
+            match kind {
+                EntryKind::Reg => e.size = rng.below(2000),
+                EntryKind::Symlink => e.link_name = rng.component().repeat(rng.below(8) as usize),
+                EntryKind::Char => (e.dev_major, e.dev_minor) = (rng.below(4096) as u32, 7),
+                EntryKind::Hardlink => match v.iter().rev().find(|t| t.kind != EntryKind::Dir) {
+                    Some(t) => e.link_name = t.name.clone(),
+                    None => e.kind = EntryKind::Fifo,
+                },
+                _ => {}
+            }
+            v.push(e);
+        }
+        round_trip(&v);
+    }
+}
