@@ -291,7 +291,12 @@ impl Parser {
             };
             let mut block = [0u8; TAR_BLOCK];
             if !tar.header(&mut block).with_context(after)? || block.iter().all(|&b| b == 0) {
-                if pending.pax.is_some() || pending.long_name.is_some() {
+                let Pending {
+                    pax,
+                    long_name,
+                    long_link,
+                } = &pending;
+                if pax.is_some() || long_name.is_some() || long_link.is_some() {
                     return Err(truncated("extended header with no entry after it"))
                         .with_context(after);
                 }

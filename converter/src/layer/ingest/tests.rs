@@ -421,3 +421,15 @@ fn pax_parsing_is_by_length() {
     assert!(parse_pax_time(b"1.2.3").is_err());
     assert!(parse_pax_time(b"").is_err());
 }
+
+#[test]
+fn extension_headers_need_an_entry() {
+    let mut t = TarBuf::new();
+    t.file("a", b"")
+        .push(TarBuf::header("././@LongLink", b'K', 2, ""), b"b\0");
+    let msg = err_of(&t.finish());
+    assert_eq!(
+        msg,
+        "after entry `a`: truncated tar stream: extended header with no entry after it"
+    );
+}
