@@ -1,1 +1,128 @@
-fn main() {}
+//! The `lazypull` command: parses arguments and hands them to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use lazypull::{ConvertArgs, DemoArgs, OutputFormat};
+
+/// Lazy-pull container images: convert OCI images into seekable eStargz blobs whose files can be
+/// fetched on demand, so containers start before their image is downloaded.
+#[derive(Parser, Debug)]
+#[command(name = "lazypull", version, about, long_about = None)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Convert every layer of an image into a lazily pullable format.
+    ///
+    /// Example: lazypull convert oci:./app:1.0 oci:./app-esgz:1.0
+    ///
+    /// Sources: `oci:DIR[:TAG]` (an OCI image layout), `docker-archive:FILE` (a `docker save`
+    /// tarball), `oci-archive:FILE[:TAG]`. Destination: `oci:DIR[:TAG]`; an existing layout gets
+    /// the new image added under TAG. The destination changes only when the whole conversion
+    /// succeeded.
+    #[command(verbatim_doc_comment)]
+    Convert(ConvertCmd),
+    /// Build a small sample image, convert it, verify it and print what happened.
+    ///
+    /// Example: lazypull demo --keep ./demo-out
+    Demo(DemoCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConvertCmd {
+    /// The image to convert, e.g. `oci:./img:latest` or `docker-archive:./img.tar`.
+    src: String,
+    /// Where to write the converted image, e.g. `oci:./img-esgz:latest`.
+    dst: String,
+    /// Output layer format: `estargz` (gzip, any runtime can still pull it) or `zstdchunked`.
+    ///
+    /// Example: --format zstdchunked
+    #[arg(long, value_enum, default_value_t = FormatArg::Estargz)]
+    format: FormatArg,
+    /// Files larger than this many bytes are split into separately fetchable chunks.
+    ///
+    /// Example: --chunk-size 1048576 (1 MiB); default 4 MiB, as the reference implementation.
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_size: u64,
+    /// Compression level: gzip 1-9 (default 9), zstd 1-22 (default 3).
+    ///
+    /// Example: --compression-level 6
+    #[arg(long)]
+    compression_level: Option<u32>,
+    /// A file listing paths in the order a workload reads them, one per line (as written by
+    /// `lazypull mount --record`). Those files are placed first in every layer, followed by a
+    /// `.prefetch.landmark`, so a lazy mount fetches them all with one request.
+    ///
+    /// Example: --prefetch-list ./python-startup.txt
+    #[arg(long)]
+    prefetch_list: Option<PathBuf>,
+    /// Threads used to compress (layers and members in parallel); default: all cores. The
+    /// output is byte-identical whatever this is.
+    ///
+    /// Example: --threads 2
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Convert only this platform of a multi-platform image, as OS/ARCH[/VARIANT].
+    ///
+    /// Example: --platform linux/arm64
+    #[arg(long)]
+    platform: Option<String>,
+    /// Print a machine-readable JSON report on stdout (the summary still goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Never draw a progress bar, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoCmd {
+    /// Keep the sample and converted images in this directory instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Estargz,
+    Zstdchunked,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lazypull::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Convert(c) => lazypull::run_convert(ConvertArgs {
+            src: c.src,
+            dst: c.dst,
+            format: match c.format {
+                FormatArg::Estargz => OutputFormat::Estargz,
+                FormatArg::Zstdchunked => OutputFormat::ZstdChunked,
+            },
+            chunk_size: c.chunk_size,
+            compression_level: c.compression_level,
+            prefetch_list: c.prefetch_list,
+            threads: c.threads,
+            platform: c.platform,
+            json: c.json,
+            progress: !c.no_progress,
+        }),
+        Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lazypull: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

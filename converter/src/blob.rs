@@ -75,6 +75,15 @@ impl<B: BlobRead + ?Sized> BlobRead for &B {
     }
 }
 
+impl<B: BlobRead + ?Sized> BlobRead for Box<B> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_at(off, buf)
+    }
+}
+
 impl<B: BlobRead + ?Sized> BlobRead for Arc<B> {
     fn len(&self) -> u64 {
         (**self).len()
@@ -97,7 +106,8 @@ pub struct FileBlob {
 impl FileBlob {
     /// The whole file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         let len = file
             .metadata()
             .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
@@ -126,7 +136,12 @@ impl FileBlob {
             .file
             .try_clone()
             .map_err(|e| Error::io(format!("dup {}", self.name), e))?;
-        Ok(FileBlob::window(file, self.start, self.len, self.name.clone()))
+        Ok(FileBlob::window(
+            file,
+            self.start,
+            self.len,
+            self.name.clone(),
+        ))
     }
 }
 

@@ -65,7 +65,11 @@ impl fmt::Debug for Digest {
 impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::Invalid(format!("`{s}` is not a sha256 digest (sha256:<64 hex digits>)"));
+        let bad = || {
+            Error::Invalid(format!(
+                "`{s}` is not a sha256 digest (sha256:<64 hex digits>)"
+            ))
+        };
         let hexpart = s.strip_prefix("sha256:").ok_or_else(bad)?;
         if hexpart.len() != 64 {
             return Err(bad());

@@ -9,7 +9,7 @@
 //! 3. [`estargz::EstargzWriter`] lays the entries out as an eStargz (or zstd:chunked) blob, with the
 //!    prefetch-listed files first, compressing members in parallel with rayon.
 //! 4. [`convert::convert`] drives all of this per platform and per layer, rewrites manifests and
-//!    configs, and commits the result to an [`oci::ImageDest`] atomically.
+//!    configs, and commits the result to an [`oci::LayoutDest`] atomically.
 //!
 //! Readers ([`estargz::EstargzReader`]) are generic over [`BlobRead`], so the same parser reads a
 //! blob in memory, on disk, or (in `lazypull-fuse`) over HTTP range requests.
@@ -24,6 +24,8 @@
 //! ```
 
 pub mod blob;
+#[cfg(feature = "write")]
+pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod estargz;

@@ -84,7 +84,11 @@ pub struct TocEntry {
     pub gid: i64,
     #[serde(rename = "userName", default, skip_serializing_if = "String::is_empty")]
     pub user_name: String,
-    #[serde(rename = "groupName", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "groupName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub group_name: String,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub offset: i64,
@@ -95,7 +99,11 @@ pub struct TocEntry {
     #[serde(rename = "devMinor", default, skip_serializing_if = "is_zero_i64")]
     pub dev_minor: i64,
     /// Values are base64 in the JSON (Go's encoding of `[]byte`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "xattr_base64")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "xattr_base64"
+    )]
     pub xattrs: BTreeMap<String, Vec<u8>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
@@ -103,7 +111,11 @@ pub struct TocEntry {
     pub chunk_offset: i64,
     #[serde(rename = "chunkSize", default, skip_serializing_if = "is_zero_i64")]
     pub chunk_size: i64,
-    #[serde(rename = "chunkDigest", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "chunkDigest",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub chunk_digest: String,
 }
 
@@ -288,7 +300,9 @@ pub fn parse_footer(tail: &[u8], blob_size: u64) -> Result<Footer> {
     }
     // 46-byte external TOC.
     if let Some(f) = end(EXTERNAL_TOC_FOOTER_SIZE) {
-        if f[..4] == [0x1f, 0x8b, 0x08, 0x04] && &f[12..14] == b"SG" && &f[16..33] == b"STARGZEXTERNALTOC"
+        if f[..4] == [0x1f, 0x8b, 0x08, 0x04]
+            && &f[12..14] == b"SG"
+            && &f[16..33] == b"STARGZEXTERNALTOC"
         {
             return Ok(Footer {
                 kind: FooterKind::ExternalToc,
@@ -321,7 +335,11 @@ fn footer_at(kind: FooterKind, off: u64, blob_size: u64, size: usize) -> Result<
 }
 
 /// The zstd:chunked footer as it stands at the end of a blob: a skippable frame of 40 bytes.
-pub fn zstd_footer(toc_offset: u64, toc_compressed: u64, toc_raw: u64) -> [u8; ZSTD_FOOTER_FRAME_SIZE] {
+pub fn zstd_footer(
+    toc_offset: u64,
+    toc_compressed: u64,
+    toc_raw: u64,
+) -> [u8; ZSTD_FOOTER_FRAME_SIZE] {
     let mut f = [0u8; ZSTD_FOOTER_FRAME_SIZE];
     f[..4].copy_from_slice(&ZSTD_SKIPPABLE_MAGIC);
     f[4..8].copy_from_slice(&(ZSTD_FOOTER_SIZE as u32).to_le_bytes());
@@ -379,8 +397,14 @@ mod tests {
     #[test]
     fn modtime_rounds_and_omits_epoch() {
         assert_eq!(format_modtime(0, 0), "");
-        assert_eq!(format_modtime(1_600_000_000, 600_000_000), "2020-09-13T12:26:41Z");
-        assert_eq!(parse_modtime("2020-09-13T12:26:41Z").unwrap(), 1_600_000_001);
+        assert_eq!(
+            format_modtime(1_600_000_000, 600_000_000),
+            "2020-09-13T12:26:41Z"
+        );
+        assert_eq!(
+            parse_modtime("2020-09-13T12:26:41Z").unwrap(),
+            1_600_000_001
+        );
     }
 
     #[test]
@@ -401,10 +425,17 @@ mod tests {
         };
         let json = String::from_utf8(toc.to_json()).unwrap();
         assert!(json.contains("\t\"version\": 1"));
-        let order: Vec<usize> = ["\"name\"", "\"type\"", "\"size\"", "\"mode\"", "\"xattrs\"", "\"digest\""]
-            .iter()
-            .map(|k| json.find(k).unwrap())
-            .collect();
+        let order: Vec<usize> = [
+            "\"name\"",
+            "\"type\"",
+            "\"size\"",
+            "\"mode\"",
+            "\"xattrs\"",
+            "\"digest\"",
+        ]
+        .iter()
+        .map(|k| json.find(k).unwrap())
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
         assert!(!json.contains("uid"));
         assert!(json.contains("\"user.a\": \"dg==\""));

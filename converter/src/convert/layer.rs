@@ -1,0 +1,279 @@
+//! Converting one layer: keep it when it already is in the target format, else ingest and rewrite.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::time::Instant;
+
+use super::report::LayerReport;
+use super::BlobSink;
+use super::{ConvertOptions, Progress};
+use crate::blob::{BlobRead, BlobReader};
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result, ResultExt};
+use crate::estargz::{
+    format, BlobFormat, EstargzOptions, EstargzReader, EstargzWriter, FooterKind,
+};
+use crate::layer::{Compression, IngestOptions, Layer};
+use crate::oci::Descriptor;
+
+/// Annotation naming the layer a converted layer was made from.
+pub const ANNOTATION_SOURCE_DIGEST: &str = "org.lazypull.source.digest";
+
+/// A converted (or kept) layer.
+pub struct LayerOut {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub report: LayerReport,
+}
+
+/// Everything a layer conversion needs to know about its input.
+pub struct LayerIn<'a> {
+    pub descriptor: &'a Descriptor,
+    /// The diffID the source config gives this layer (used when the layer is kept).
+    pub source_diff_id: Option<Digest>,
+    pub blob: Box<dyn BlobRead>,
+    /// The layer's compression, from its media type.
+    pub compression: Compression,
+}
+
+/// Convert one layer into `sink`.
+pub fn convert_layer(
+    input: LayerIn<'_>,
+    opts: &ConvertOptions,
+    sink: &dyn BlobSink,
+    progress: &dyn Progress,
+) -> Result<LayerOut> {
+    let started = Instant::now();
+    let desc = input.descriptor;
+    if let Some(out) = try_keep(&input, opts, sink, progress)? {
+        return Ok(finish_report(out, started));
+    }
+
+    // Ingest: stream the blob through the decompressor into a spool, checking its digest.
+    let source_size = desc.size;
+    let reader = ProgressReader {
+        inner: BlobReader::new(&*input.blob, 0, input.blob.len()),
+        progress,
+    };
+    let ingest = IngestOptions {
+        spool_dir: sink.temp_dir(),
+        expected_digest: Some(desc.digest),
+        expected_size: Some(desc.size),
+    };
+    let layer = Layer::ingest(reader, &ingest)?;
+
+    let mut wopts = EstargzOptions::new(opts.format);
+    wopts.chunk_size = opts.chunk_size;
+    wopts.level = opts.level.unwrap_or(opts.format.default_level());
+    wopts.prefetch = opts.prefetch.clone();
+    let writer = EstargzWriter::new(wopts);
+
+    // The writer reports uncompressed bytes; the bar counts source bytes, so scale.
+    let total = layer.input.uncompressed_size.max(1);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let scaled = |n: u64| {
+        let before = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let a = before.min(total) * source_size / total;
+        let b = (before + n).min(total) * source_size / total;
+        progress.bytes(b - a);
+    };
+    let mut out = sink.create()?;
+    let written = writer.write(&layer, &mut out, &scaled)?;
+    let stored = out.finish()?;
+    if stored.0 != written.digest {
+        return Err(Error::format(format!(
+            "blob store recorded {} for a blob written as {}",
+            stored.0, written.digest
+        )));
+    }
+
+    let mut annotations = desc.annotations.clone();
+    for key in [
+        format::ANNOTATION_TOC_DIGEST,
+        format::ANNOTATION_UNCOMPRESSED_SIZE,
+        format::ANNOTATION_ZSTD_MANIFEST_CHECKSUM,
+        format::ANNOTATION_ZSTD_MANIFEST_POSITION,
+    ] {
+        annotations.remove(key);
+    }
+    annotations.extend(written.annotations.clone());
+    annotations.insert(
+        ANNOTATION_SOURCE_DIGEST.to_string(),
+        desc.digest.to_string(),
+    );
+    let descriptor = Descriptor {
+        media_type: opts.format.media_type().to_string(),
+        digest: written.digest,
+        size: written.size,
+        annotations,
+        ..desc.clone()
+    };
+    let report = LayerReport {
+        source_digest: desc.digest,
+        digest: written.digest,
+        media_type: descriptor.media_type.clone(),
+        size: written.size,
+        source_size,
+        diff_id: written.diff_id,
+        toc_digest: written.toc_digest,
+        uncompressed_size: written.uncompressed_size,
+        entries: written.entries,
+        chunks: written.chunks,
+        prefetch_size: written.prefetch_end.unwrap_or(0),
+        seconds: 0.0,
+        kept: false,
+    };
+    Ok(finish_report(
+        LayerOut {
+            descriptor,
+            diff_id: written.diff_id,
+            report,
+        },
+        started,
+    ))
+}
+
+fn finish_report(mut out: LayerOut, started: Instant) -> LayerOut {
+    out.report.seconds = started.elapsed().as_secs_f64();
+    out
+}
+
+/// A layer already in the target format is copied unchanged (annotations completed).
+fn try_keep(
+    input: &LayerIn<'_>,
+    opts: &ConvertOptions,
+    sink: &dyn BlobSink,
+    progress: &dyn Progress,
+) -> Result<Option<LayerOut>> {
+    let desc = input.descriptor;
+    let wanted = match opts.format {
+        BlobFormat::Estargz => (Compression::Gzip, FooterKind::Estargz),
+        BlobFormat::ZstdChunked => (Compression::Zstd, FooterKind::ZstdChunked),
+    };
+    if input.compression != wanted.0 {
+        return Ok(None);
+    }
+    let annotated = desc
+        .annotations
+        .get(format::ANNOTATION_TOC_DIGEST)
+        .and_then(|s| s.parse::<Digest>().ok());
+    // A blob whose footer or TOC does not parse is simply not eStargz yet: convert it.
+    let reader = match EstargzReader::open(&*input.blob, annotated.as_ref()) {
+        Ok(r) if r.footer().kind == wanted.1 => r,
+        Ok(_) => return Ok(None),
+        Err(e) if annotated.is_some() => {
+            return Err(e.context("layer claims to be eStargz but its TOC does not verify"))
+        }
+        Err(_) => return Ok(None),
+    };
+    let toc_digest = *reader.toc_digest();
+    let entries = reader.entries().len();
+    let chunks = reader
+        .entries()
+        .iter()
+        .map(|e| e.chunks.len())
+        .sum::<usize>();
+    let prefetch_size = reader.prefetch_end().unwrap_or(0);
+
+    // Copy the blob, checking its digest, and learn its decompressed size and digest on the way.
+    let mut out = sink.create()?;
+    let mut src = BlobReader::new(&*input.blob, 0, input.blob.len());
+    let mut raw = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf).map_err(|e| Error::io("read layer", e))?;
+        if n == 0 {
+            break;
+        }
+        raw.update(&buf[..n]);
+        io::Write::write_all(&mut out, &buf[..n]).map_err(|e| Error::io("write blob", e))?;
+        progress.bytes(2 * n as u64);
+    }
+    let (digest, size) = out.finish()?;
+    if digest != desc.digest {
+        return Err(Error::DigestMismatch {
+            what: "layer blob".into(),
+            expected: desc.digest.to_string(),
+            actual: digest.to_string(),
+        });
+    }
+    drop(raw);
+    let (diff_id, uncompressed_size) = match input.source_diff_id {
+        Some(d)
+            if desc
+                .annotations
+                .contains_key(format::ANNOTATION_UNCOMPRESSED_SIZE) =>
+        {
+            let size = desc.annotations[format::ANNOTATION_UNCOMPRESSED_SIZE]
+                .parse()
+                .unwrap_or(0);
+            (d, size)
+        }
+        _ => decompressed_digest(&*input.blob, input.compression)?,
+    };
+    let mut annotations: BTreeMap<String, String> = desc.annotations.clone();
+    annotations
+        .entry(format::ANNOTATION_TOC_DIGEST.to_string())
+        .or_insert_with(|| toc_digest.to_string());
+    annotations
+        .entry(format::ANNOTATION_UNCOMPRESSED_SIZE.to_string())
+        .or_insert_with(|| uncompressed_size.to_string());
+    let descriptor = Descriptor {
+        media_type: opts.format.media_type().to_string(),
+        annotations,
+        ..desc.clone()
+    };
+    let report = LayerReport {
+        source_digest: desc.digest,
+        digest,
+        media_type: descriptor.media_type.clone(),
+        size,
+        source_size: desc.size,
+        diff_id,
+        toc_digest,
+        uncompressed_size,
+        entries,
+        chunks,
+        prefetch_size,
+        seconds: 0.0,
+        kept: true,
+    };
+    Ok(Some(LayerOut {
+        descriptor,
+        diff_id,
+        report,
+    }))
+}
+
+/// Digest and size of a blob's decompressed stream.
+fn decompressed_digest(blob: &dyn BlobRead, c: Compression) -> Result<(Digest, u64)> {
+    let mut r = c.decoder(BlobReader::new(blob, 0, blob.len()))?;
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| Error::io("decompress layer", e))
+            .context("computing the diffID")?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let len = h.len();
+    Ok((h.finish(), len))
+}
+
+/// Counts source bytes read into the progress bar.
+struct ProgressReader<'a, R> {
+    inner: R,
+    progress: &'a dyn Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes(n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,102 @@
+//! The `lazypull` application: what each subcommand does, behind the thin CLI in `main.rs`.
+//!
+//! - [`run_convert`]: `lazypull convert`, a wrapper around
+//!   [`lazypull_converter::convert::convert`] with a progress bar, per-layer summaries on stderr
+//!   and an optional JSON report on stdout.
+//! - [`run_demo`]: `lazypull demo`, which builds the sample image, converts it to eStargz and
+//!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
+//!   it found.
+
+mod demo;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use lazypull_converter::convert::{self, ConvertOptions};
+use lazypull_converter::estargz::BlobFormat;
+
+pub use demo::{run_demo, DemoArgs};
+
+/// Output layer format chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Estargz,
+    ZstdChunked,
+}
+
+/// Arguments of `lazypull convert`.
+#[derive(Clone, Debug)]
+pub struct ConvertArgs {
+    pub src: String,
+    pub dst: String,
+    pub format: OutputFormat,
+    pub chunk_size: u64,
+    pub compression_level: Option<u32>,
+    pub prefetch_list: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub platform: Option<String>,
+    pub json: bool,
+    pub progress: bool,
+}
+
+/// Set up `tracing` output on stderr at `level` unless `RUST_LOG` says otherwise.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Read a prefetch list: one path per line; blank lines and `#` comments are ignored.
+pub fn read_prefetch_list(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading prefetch list {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `lazypull convert`.
+pub fn run_convert(args: ConvertArgs) -> Result<()> {
+    let opts = ConvertOptions {
+        format: match args.format {
+            OutputFormat::Estargz => BlobFormat::Estargz,
+            OutputFormat::ZstdChunked => BlobFormat::ZstdChunked,
+        },
+        chunk_size: args.chunk_size,
+        level: args.compression_level,
+        prefetch: args
+            .prefetch_list
+            .as_deref()
+            .map(read_prefetch_list)
+            .transpose()?,
+        threads: args.threads,
+        platform: args.platform.clone(),
+    };
+    let bar = progress::Bar::new(args.progress);
+    let report = convert::convert(&args.src, &args.dst, &opts, &bar)?;
+    bar.finish();
+    let layers: usize = report.manifests.iter().map(|m| m.layers.len()).sum();
+    eprintln!(
+        "converted {} ({} manifest{}, {} layer{}) into {} as {} in {:.2}s: {}",
+        args.src,
+        report.manifests.len(),
+        if report.manifests.len() == 1 { "" } else { "s" },
+        layers,
+        if layers == 1 { "" } else { "s" },
+        args.dst,
+        report.format,
+        report.seconds,
+        report.root.digest
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
