@@ -28,6 +28,8 @@ pub mod digest;
 pub mod error;
 pub mod estargz;
 pub mod layer;
+#[cfg(feature = "write")]
+pub mod sample;
 
 pub use blob::{BlobRead, FileBlob};
 pub use digest::Digest;
