@@ -31,6 +31,8 @@ pub mod error;
 pub mod estargz;
 pub mod layer;
 pub mod oci;
+#[cfg(feature = "write")]
+pub mod sample;
 
 pub use blob::{BlobRead, FileBlob};
 pub use digest::Digest;

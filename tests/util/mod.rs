@@ -1,0 +1,291 @@
+//! Helpers shared by the topic modules: skipping policy, running the binary and tools, building
+//! input layouts, reading output layouts.
+
+#![allow(dead_code)]
+
+pub mod gohelper;
+pub mod toc;
+pub mod tree;
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lazypull_converter::sample::{self, ImageLayer, SampleImage, SampleLayer};
+use serde_json::Value;
+use sha2::Digest as _;
+
+/// Chunk size the corpus is generated for and conversions are run with (small, so the
+/// chunk-boundary files stay small).
+pub const CHUNK: u64 = 64 * 1024;
+
+/// Longest any single command may run before the test fails as hung.
+pub const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether we run under CI (`CI=true`), where a missing capability fails instead of skipping.
+pub fn ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Skip the current test with `reason`, or fail under CI. Call through [`skip_unless!`].
+pub fn skip(reason: &str) {
+    if ci() {
+        panic!("CI=true and this test cannot run: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// `skip_unless!(condition, "reason {}", args)`: return early (skip) unless `condition` holds.
+macro_rules! skip_unless {
+    ($cond:expr, $($reason:tt)+) => {
+        if !$cond {
+            $crate::util::skip(&format!($($reason)+));
+            return;
+        }
+    };
+}
+pub(crate) use skip_unless;
+
+/// Whether we are root (needed to extract device nodes and foreign owners).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Whether `name` is an executable on `PATH`.
+pub fn have_tool(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// The first of `tools` that is missing, if any.
+pub fn missing_tool(tools: &[&str]) -> Option<String> {
+    tools.iter().find(|t| !have_tool(t)).map(|t| t.to_string())
+}
+
+/// The test corpus, generated once per run.
+pub fn corpus() -> &'static [SampleLayer] {
+    static CORPUS: OnceLock<Vec<SampleLayer>> = OnceLock::new();
+    CORPUS.get_or_init(|| sample::layers(CHUNK))
+}
+
+/// The corpus layer called `name`.
+pub fn corpus_layer(name: &str) -> &'static SampleLayer {
+    corpus()
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no corpus layer `{name}`"))
+}
+
+/// Run `cmd` to completion, feeding it `stdin`, failing the test if it outlives `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            // The child may exit early (that is its business); ignore broken pipes.
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{desc} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Run a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let desc = format!("{cmd:?}");
+    let out = run_with_timeout(cmd, None, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The `lazypull` binary under test.
+pub fn lazypull_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lazypull")
+}
+
+/// Run `lazypull ARGS…`.
+pub fn lazypull<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    run_with_timeout(Command::new(lazypull_bin()).args(args), None, TIMEOUT)
+}
+
+/// Run `lazypull convert ARGS… --json`, which must succeed; returns the JSON report.
+pub fn convert_ok<S: AsRef<OsStr>>(args: &[S]) -> Value {
+    let mut all: Vec<&OsStr> = vec![OsStr::new("convert"), OsStr::new("--json")];
+    all.extend(args.iter().map(|a| a.as_ref()));
+    let out = lazypull(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lazypull {all:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "stderr mentions a panic:\n{stderr}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json output is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `oci:DIR:TAG` for a layout directory.
+pub fn oci_ref(dir: &Path, tag: &str) -> String {
+    format!("oci:{}:{tag}", dir.display())
+}
+
+/// Write a one-image layout at `dir` whose layers are gzip-compressed `tars`.
+pub fn gzip_layout(dir: &Path, tag: &str, tars: &[(&str, &[u8])]) -> SampleImage {
+    let layers: Vec<ImageLayer> = tars
+        .iter()
+        .map(|(name, tar)| ImageLayer::gzip(tar, name))
+        .collect();
+    sample::write_oci_layout(dir, tag, &layers).expect("write input layout")
+}
+
+/// sha256 of `data` as `sha256:hex`.
+pub fn sha256(data: &[u8]) -> String {
+    let d = sha2::Sha256::digest(data);
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// An OCI image layout on disk, read back for checking.
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Self {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.dir.join("blobs/sha256").join(hex)
+    }
+
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    pub fn json(&self, digest: &str) -> Value {
+        serde_json::from_slice(&self.blob(digest)).unwrap()
+    }
+
+    pub fn index(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("index.json")).unwrap()).unwrap()
+    }
+
+    /// The index entry tagged `tag`.
+    pub fn index_entry(&self, tag: &str) -> Value {
+        self.index()["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"][sample::REF_NAME] == tag)
+            .unwrap_or_else(|| panic!("no tag {tag} in {}", self.dir.display()))
+            .clone()
+    }
+
+    /// The manifest tagged `tag` (an index entry pointing at a manifest, not an index).
+    pub fn manifest(&self, tag: &str) -> Value {
+        let entry = self.index_entry(tag);
+        assert_eq!(entry["mediaType"], sample::MEDIA_TYPE_MANIFEST);
+        self.json(entry["digest"].as_str().unwrap())
+    }
+
+    /// Every file name under `blobs/sha256`, sorted.
+    pub fn blob_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match std::fs::read_dir(self.dir.join("blobs/sha256")) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// A JSON string field, or a test failure naming it.
+pub fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string in {v}"))
+}
+
+/// The layers of the first (or only) manifest of a convert report.
+pub fn report_layers(report: &Value) -> &[Value] {
+    let manifests = report["manifests"].as_array().expect("report.manifests");
+    assert!(!manifests.is_empty(), "report has no manifests: {report}");
+    manifests[0]["layers"].as_array().expect("report layers")
+}
+
+/// Decompress a whole layer blob (gzip multi-member or zstd multi-frame).
+pub fn decompress(blob: &[u8], media_type: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if media_type.ends_with("+zstd") {
+        zstd::stream::copy_decode(blob, &mut out).expect("zstd decode");
+    } else if media_type.ends_with("+gzip") {
+        flate2::read::MultiGzDecoder::new(blob)
+            .read_to_end(&mut out)
+            .expect("gzip decode");
+    } else {
+        out = blob.to_vec();
+    }
+    out
+}
