@@ -13,7 +13,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::estargz::{
     format, BlobFormat, EstargzOptions, EstargzReader, EstargzWriter, FooterKind,
 };
-use crate::layer::{Compression, IngestOptions, Layer};
+use crate::layer::{detect_compression, Compression, IngestOptions, Layer};
 use crate::oci::Descriptor;
 
 /// Annotation naming the layer a converted layer was made from.
@@ -45,6 +45,7 @@ pub fn convert_layer(
 ) -> Result<LayerOut> {
     let started = Instant::now();
     let desc = input.descriptor;
+    check_compression(&input)?;
     if let Some(out) = try_keep(&input, opts, sink, progress)? {
         return Ok(finish_report(out, started));
     }
@@ -133,6 +134,24 @@ pub fn convert_layer(
     ))
 }
 
+/// The blob must be compressed as its media type says: runtimes decompress by media type, so a
+/// mismatch is a broken image even where the converter could read it.
+fn check_compression(input: &LayerIn<'_>) -> Result<()> {
+    let mut head = [0u8; 4];
+    let n = head.len().min(input.blob.len() as usize);
+    input.blob.read_at(0, &mut head[..n])?;
+    let found = detect_compression(&head[..n]);
+    if found != input.compression {
+        return Err(Error::format(format!(
+            "media type {} announces {} compression but the blob is {}",
+            input.descriptor.media_type,
+            input.compression.name(),
+            if n == 0 { "empty" } else { found.name() }
+        )));
+    }
+    Ok(())
+}
+
 fn finish_report(mut out: LayerOut, started: Instant) -> LayerOut {
     out.report.seconds = started.elapsed().as_secs_f64();
     out
@@ -167,12 +186,14 @@ fn try_keep(
         Err(_) => return Ok(None),
     };
     let toc_digest = *reader.toc_digest();
-    let entries = reader.entries().len();
-    let chunks = reader
-        .entries()
+    // Counted as the writer counts them, so a kept layer reports what converting it did.
+    let toc = reader.toc();
+    let entries = toc.entries.iter().filter(|e| e.kind != "chunk").count();
+    let chunks = toc
+        .entries
         .iter()
-        .map(|e| e.chunks.len())
-        .sum::<usize>();
+        .filter(|e| !e.chunk_digest.is_empty())
+        .count();
     let prefetch_size = reader.prefetch_end().unwrap_or(0);
 
     // Copy the blob, checking its digest, and learn its decompressed size and digest on the way.
