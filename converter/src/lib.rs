@@ -27,6 +27,7 @@ pub mod blob;
 #[cfg(feature = "write")]
 pub mod convert;
 pub mod digest;
+pub mod erofs;
 pub mod error;
 pub mod estargz;
 pub mod layer;
