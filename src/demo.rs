@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lazypull_converter::convert::{self, human_bytes, ConvertOptions, NoProgress};
-use lazypull_converter::estargz::{BlobFormat, EstargzReader};
+use lazypull_converter::convert::{self, human_bytes, ConvertOptions, NoProgress, TargetFormat};
+use lazypull_converter::estargz::EstargzReader;
 use lazypull_converter::layer::EntryKind;
 use lazypull_converter::oci::{self, media, ImageRef, Manifest};
 use lazypull_converter::{sample, Digest};
@@ -35,12 +35,12 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     let src = format!("oci:{}:demo", src_dir.display());
     println!("sample image: {src}");
 
-    for format in [BlobFormat::Estargz, BlobFormat::ZstdChunked] {
+    for format in [TargetFormat::Estargz, TargetFormat::ZstdChunked] {
         let out_dir = dir.join(format.name());
         let dst = format!("oci:{}:demo", out_dir.display());
         let opts = ConvertOptions {
             format,
-            chunk_size: 256 << 10,
+            chunk_size: Some(256 << 10),
             ..ConvertOptions::default()
         };
         let report = convert::convert(&src, &dst, &opts, &NoProgress)

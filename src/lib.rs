@@ -13,8 +13,7 @@ mod progress;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use lazypull_converter::convert::{self, ConvertOptions};
-use lazypull_converter::estargz::BlobFormat;
+use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
 
 pub use demo::{run_demo, DemoArgs};
 
@@ -23,6 +22,8 @@ pub use demo::{run_demo, DemoArgs};
 pub enum OutputFormat {
     Estargz,
     ZstdChunked,
+    Erofs,
+    ErofsRaw,
 }
 
 /// Arguments of `lazypull convert`.
@@ -31,7 +32,7 @@ pub struct ConvertArgs {
     pub src: String,
     pub dst: String,
     pub format: OutputFormat,
-    pub chunk_size: u64,
+    pub chunk_size: Option<u64>,
     pub compression_level: Option<u32>,
     pub prefetch_list: Option<PathBuf>,
     pub threads: Option<usize>,
@@ -66,8 +67,10 @@ pub fn read_prefetch_list(path: &std::path::Path) -> Result<Vec<String>> {
 pub fn run_convert(args: ConvertArgs) -> Result<()> {
     let opts = ConvertOptions {
         format: match args.format {
-            OutputFormat::Estargz => BlobFormat::Estargz,
-            OutputFormat::ZstdChunked => BlobFormat::ZstdChunked,
+            OutputFormat::Estargz => TargetFormat::Estargz,
+            OutputFormat::ZstdChunked => TargetFormat::ZstdChunked,
+            OutputFormat::Erofs => TargetFormat::Erofs,
+            OutputFormat::ErofsRaw => TargetFormat::ErofsRaw,
         },
         chunk_size: args.chunk_size,
         level: args.compression_level,

@@ -50,21 +50,17 @@ pub fn convert_layer(
         return Ok(finish_report(out, started));
     }
 
-    // Ingest: stream the blob through the decompressor into a spool, checking its digest.
     let source_size = desc.size;
-    let reader = ProgressReader {
-        inner: BlobReader::new(&*input.blob, 0, input.blob.len()),
-        progress,
-    };
-    let ingest = IngestOptions {
-        spool_dir: sink.temp_dir(),
-        expected_digest: Some(desc.digest),
-        expected_size: Some(desc.size),
-    };
-    let layer = Layer::ingest(reader, &ingest)?;
+    let layer = ingest_layer(&input, sink, progress)?;
 
-    let mut wopts = EstargzOptions::new(opts.format);
-    wopts.chunk_size = opts.chunk_size;
+    let Some(toc_format) = opts.format.toc_format() else {
+        return Err(Error::Unsupported(format!(
+            "{} output is not available yet",
+            opts.format.name()
+        )));
+    };
+    let mut wopts = EstargzOptions::new(toc_format);
+    wopts.chunk_size = opts.chunk_size.unwrap_or(opts.format.default_chunk_size());
     wopts.level = opts.level.unwrap_or(opts.format.default_level());
     wopts.prefetch = opts.prefetch.clone();
     let writer = EstargzWriter::new(wopts);
@@ -116,7 +112,7 @@ pub fn convert_layer(
         size: written.size,
         source_size,
         diff_id: written.diff_id,
-        toc_digest: written.toc_digest,
+        toc_digest: Some(written.toc_digest),
         uncompressed_size: written.uncompressed_size,
         entries: written.entries,
         chunks: written.chunks,
@@ -152,6 +148,26 @@ fn check_compression(input: &LayerIn<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Ingest a layer: stream the blob through the decompressor into a spool on the destination's
+/// filesystem, checking its digest and size against the descriptor.
+pub(super) fn ingest_layer(
+    input: &LayerIn<'_>,
+    sink: &dyn BlobSink,
+    progress: &dyn Progress,
+) -> Result<Layer> {
+    let desc = input.descriptor;
+    let reader = ProgressReader {
+        inner: BlobReader::new(&*input.blob, 0, input.blob.len()),
+        progress,
+    };
+    let ingest = IngestOptions {
+        spool_dir: sink.temp_dir(),
+        expected_digest: Some(desc.digest),
+        expected_size: Some(desc.size),
+    };
+    Layer::ingest(reader, &ingest)
+}
+
 fn finish_report(mut out: LayerOut, started: Instant) -> LayerOut {
     out.report.seconds = started.elapsed().as_secs_f64();
     out
@@ -165,9 +181,10 @@ fn try_keep(
     progress: &dyn Progress,
 ) -> Result<Option<LayerOut>> {
     let desc = input.descriptor;
-    let wanted = match opts.format {
-        BlobFormat::Estargz => (Compression::Gzip, FooterKind::Estargz),
-        BlobFormat::ZstdChunked => (Compression::Zstd, FooterKind::ZstdChunked),
+    let wanted = match opts.format.toc_format() {
+        Some(BlobFormat::Estargz) => (Compression::Gzip, FooterKind::Estargz),
+        Some(BlobFormat::ZstdChunked) => (Compression::Zstd, FooterKind::ZstdChunked),
+        None => return Ok(None),
     };
     if input.compression != wanted.0 {
         return Ok(None);
@@ -251,7 +268,7 @@ fn try_keep(
         size,
         source_size: desc.size,
         diff_id,
-        toc_digest,
+        toc_digest: Some(toc_digest),
         uncompressed_size,
         entries,
         chunks,

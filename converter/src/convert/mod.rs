@@ -17,6 +17,7 @@ pub use layer::{convert_layer, LayerIn, LayerOut, ANNOTATION_SOURCE_DIGEST};
 pub use report::{human_bytes, ConvertReport, DescriptorReport, LayerReport, ManifestReport};
 
 use crate::digest::Digest;
+use crate::erofs::format as erofs_format;
 use crate::error::{Error, Result, ResultExt};
 use crate::estargz::BlobFormat;
 use crate::oci::{
@@ -24,11 +25,78 @@ use crate::oci::{
     Manifest, PlatformFilter,
 };
 
+/// The layer format a conversion produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetFormat {
+    /// eStargz: gzip members and a TOC (`tar+gzip`).
+    Estargz,
+    /// zstd:chunked: zstd frames and a TOC (`tar+zstd`).
+    ZstdChunked,
+    /// An EROFS image cut into zstd frames with a chunk index (`application/vnd.erofs+zstd`).
+    Erofs,
+    /// A raw EROFS image with a raw chunk index (`application/vnd.erofs`).
+    ErofsRaw,
+}
+
+impl TargetFormat {
+    /// The format's name, as on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetFormat::Estargz => "estargz",
+            TargetFormat::ZstdChunked => "zstdchunked",
+            TargetFormat::Erofs => "erofs",
+            TargetFormat::ErofsRaw => "erofs-raw",
+        }
+    }
+
+    /// The layer media type of the format.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            TargetFormat::Estargz => BlobFormat::Estargz.media_type(),
+            TargetFormat::ZstdChunked => BlobFormat::ZstdChunked.media_type(),
+            TargetFormat::Erofs => erofs_format::MEDIA_TYPE_EROFS_ZSTD,
+            TargetFormat::ErofsRaw => erofs_format::MEDIA_TYPE_EROFS,
+        }
+    }
+
+    /// Chunk size when none is given: 4 MiB for eStargz (the reference's), 1 MiB for EROFS
+    /// (the erofs-image-spec's guidance).
+    pub fn default_chunk_size(self) -> u64 {
+        match self {
+            TargetFormat::Estargz | TargetFormat::ZstdChunked => 4 << 20,
+            TargetFormat::Erofs | TargetFormat::ErofsRaw => 1 << 20,
+        }
+    }
+
+    /// Compression level when none is given.
+    pub fn default_level(self) -> u32 {
+        match self {
+            TargetFormat::Estargz => 9,
+            TargetFormat::ZstdChunked | TargetFormat::Erofs | TargetFormat::ErofsRaw => 3,
+        }
+    }
+
+    /// The eStargz writer's format, for the two TOC formats.
+    pub fn toc_format(self) -> Option<BlobFormat> {
+        match self {
+            TargetFormat::Estargz => Some(BlobFormat::Estargz),
+            TargetFormat::ZstdChunked => Some(BlobFormat::ZstdChunked),
+            TargetFormat::Erofs | TargetFormat::ErofsRaw => None,
+        }
+    }
+
+    /// Whether the output is EROFS.
+    pub fn is_erofs(self) -> bool {
+        self.toc_format().is_none()
+    }
+}
+
 /// Options of a conversion.
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
-    pub format: BlobFormat,
-    pub chunk_size: u64,
+    pub format: TargetFormat,
+    /// Chunk size; `None` for the format's default.
+    pub chunk_size: Option<u64>,
     /// Compression level; `None` for the format's default.
     pub level: Option<u32>,
     /// Paths in access order, placed first in every layer.
@@ -42,8 +110,8 @@ pub struct ConvertOptions {
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
-            format: BlobFormat::Estargz,
-            chunk_size: 4 << 20,
+            format: TargetFormat::Estargz,
+            chunk_size: None,
             level: None,
             prefetch: None,
             threads: None,

@@ -46,7 +46,8 @@ pub struct LayerReport {
     pub size: u64,
     pub source_size: u64,
     pub diff_id: Digest,
-    pub toc_digest: Digest,
+    /// Digest of the TOC JSON (eStargz and zstd:chunked); none for EROFS.
+    pub toc_digest: Option<Digest>,
     pub uncompressed_size: u64,
     pub entries: usize,
     pub chunks: usize,
