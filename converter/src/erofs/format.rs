@@ -303,6 +303,21 @@ pub const CHUNK_HASH_NONE: u8 = 0;
 /// `HashAlgo`: SHA-2 family (`HashSize` 32 = SHA-256).
 pub const CHUNK_HASH_SHA2: u8 = 1;
 
+/// `HashSize` of SHA-256 checksums (the only size this crate verifies).
+pub const CHUNK_HASH_SIZE_SHA256: u8 = 32;
+/// `HashSize` of SHA-512 checksums.
+pub const CHUNK_HASH_SIZE_SHA512: u8 = 64;
+/// The chunk size lazypull writes: small enough for lazy reads, large enough for zstd.
+pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
+/// The chunk-index skippable frame SHOULD start at a multiple of this (§3.4.3).
+pub const CHUNK_INDEX_ALIGN: u64 = 4;
+/// zstd skippable frames use any magic in `FIRST..=LAST` (RFC 8878 §3.1.2); §3.4.3 allows all.
+pub const ZSTD_SKIPPABLE_MAGIC_FIRST: u32 = 0x184D_2A50;
+/// Last skippable-frame magic.
+pub const ZSTD_SKIPPABLE_MAGIC_LAST: u32 = 0x184D_2A5F;
+/// A skippable frame's header: magic and payload length, 4 bytes each.
+pub const ZSTD_SKIPPABLE_HEADER_SIZE: u64 = 8;
+
 /// Chunk index header (32 bytes, spec §3.4.1).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
