@@ -1,6 +1,7 @@
 //! Conversion progress on the terminal: one bar (bytes, layer n of m) and a summary line per layer.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lazypull_converter::convert::{LayerReport, Progress};
@@ -9,6 +10,7 @@ use lazypull_converter::convert::{LayerReport, Progress};
 pub struct Bar {
     bar: ProgressBar,
     drawn: bool,
+    finished: AtomicUsize,
 }
 
 impl Bar {
@@ -27,7 +29,11 @@ impl Bar {
             )
             .expect("static template is valid"),
         );
-        Bar { bar, drawn }
+        Bar {
+            bar,
+            drawn,
+            finished: AtomicUsize::new(0),
+        }
     }
 
     /// Remove the bar.
@@ -47,8 +53,9 @@ impl Progress for Bar {
     }
 
     fn layer_done(&self, index: usize, total: usize, report: &LayerReport) {
+        let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
         self.bar
-            .set_message(format!("layer {} of {total} done", index + 1));
+            .set_message(format!("{finished} of {total} layers done"));
         // A hidden bar swallows println, so summaries go straight to stderr then.
         if self.drawn {
             self.bar.println(report.summary_line(index, total));

@@ -50,15 +50,13 @@ pub fn convert_layer(
         return Ok(finish_report(out, started));
     }
 
+    let Some(toc_format) = opts.format.toc_format() else {
+        let out = super::erofs::convert_erofs_layer(&input, opts, sink, progress)?;
+        return Ok(finish_report(out, started));
+    };
     let source_size = desc.size;
     let layer = ingest_layer(&input, sink, progress)?;
 
-    let Some(toc_format) = opts.format.toc_format() else {
-        return Err(Error::Unsupported(format!(
-            "{} output is not available yet",
-            opts.format.name()
-        )));
-    };
     let mut wopts = EstargzOptions::new(toc_format);
     wopts.chunk_size = opts.chunk_size.unwrap_or(opts.format.default_chunk_size());
     wopts.level = opts.level.unwrap_or(opts.format.default_level());
@@ -213,29 +211,7 @@ fn try_keep(
         .count();
     let prefetch_size = reader.prefetch_end().unwrap_or(0);
 
-    // Copy the blob, checking its digest, and learn its decompressed size and digest on the way.
-    let mut out = sink.create()?;
-    let mut src = BlobReader::new(&*input.blob, 0, input.blob.len());
-    let mut raw = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src.read(&mut buf).map_err(|e| Error::io("read layer", e))?;
-        if n == 0 {
-            break;
-        }
-        raw.update(&buf[..n]);
-        io::Write::write_all(&mut out, &buf[..n]).map_err(|e| Error::io("write blob", e))?;
-        progress.bytes(2 * n as u64);
-    }
-    let (digest, size) = out.finish()?;
-    if digest != desc.digest {
-        return Err(Error::DigestMismatch {
-            what: "layer blob".into(),
-            expected: desc.digest.to_string(),
-            actual: digest.to_string(),
-        });
-    }
-    drop(raw);
+    let (digest, size) = copy_blob(input, sink, progress)?;
     let (diff_id, uncompressed_size) = match input.source_diff_id {
         Some(d)
             if desc
@@ -281,6 +257,35 @@ fn try_keep(
         diff_id,
         report,
     }))
+}
+
+/// Copy a source blob unchanged into `sink`, checking it against its descriptor's digest.
+pub(super) fn copy_blob(
+    input: &LayerIn<'_>,
+    sink: &dyn BlobSink,
+    progress: &dyn Progress,
+) -> Result<(Digest, u64)> {
+    let desc = input.descriptor;
+    let mut out = sink.create()?;
+    let mut src = BlobReader::new(&*input.blob, 0, input.blob.len());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf).map_err(|e| Error::io("read layer", e))?;
+        if n == 0 {
+            break;
+        }
+        io::Write::write_all(&mut out, &buf[..n]).map_err(|e| Error::io("write blob", e))?;
+        progress.bytes(2 * n as u64);
+    }
+    let (digest, size) = out.finish()?;
+    if digest != desc.digest {
+        return Err(Error::DigestMismatch {
+            what: "layer blob".into(),
+            expected: desc.digest.to_string(),
+            actual: digest.to_string(),
+        });
+    }
+    Ok((digest, size))
 }
 
 /// Digest and size of a blob's decompressed stream.

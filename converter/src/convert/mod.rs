@@ -5,6 +5,7 @@
 //! ([`layer::convert_layer`]), rewrites each config's `rootfs.diff_ids`, writes new manifests and
 //! an index, and only then commits the destination. On any error the destination is untouched.
 
+mod erofs;
 mod layer;
 mod report;
 
@@ -127,7 +128,7 @@ pub trait Progress: Sync {
     fn begin(&self, _layers: usize, _bytes: u64) {}
     /// Work done.
     fn bytes(&self, _n: u64) {}
-    /// A layer finished.
+    /// Layer `index` (counting from 0 over every manifest's layers, in image order) finished.
     fn layer_done(&self, _index: usize, _total: usize, _report: &LayerReport) {}
 }
 
@@ -258,14 +259,21 @@ fn convert_root(
         .flat_map(|j| j.manifest.layers.iter().map(|l| l.size))
         .sum();
     progress.begin(total_layers, 2 * total_bytes);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-
     let mut reports = Vec::new();
     let mut new_descs = Vec::new();
+    let mut first_layer = 0;
     for job in jobs {
-        let (desc, report) =
-            convert_manifest(source, dest, opts, progress, &job, &done, total_layers)
-                .with_context(|| format!("manifest {}", job.descriptor.digest))?;
+        let (desc, report) = convert_manifest(
+            source,
+            dest,
+            opts,
+            progress,
+            &job,
+            first_layer,
+            total_layers,
+        )
+        .with_context(|| format!("manifest {}", job.descriptor.digest))?;
+        first_layer += job.manifest.layers.len();
         new_descs.push(desc);
         reports.push(report);
     }
@@ -301,7 +309,7 @@ fn convert_manifest(
     opts: &ConvertOptions,
     progress: &dyn Progress,
     job: &Job,
-    done: &std::sync::atomic::AtomicUsize,
+    first_layer: usize,
     total_layers: usize,
 ) -> Result<(Descriptor, ManifestReport)> {
     let diff_ids = config_diff_ids(&job.config)?;
@@ -318,22 +326,41 @@ fn convert_manifest(
         .layers
         .par_iter()
         .zip(diff_ids.par_iter())
-        .map(|(l, diff_id)| {
-            let compression = LayerMediaType::classify(&l.media_type)?.compression;
+        .enumerate()
+        .map(|(i, (l, diff_id))| {
             let blob = source.blob(l)?;
-            let out = convert_layer(
-                LayerIn {
+            let out = if l.media_type == erofs_format::MEDIA_TYPE_EROFS
+                || l.media_type == erofs_format::MEDIA_TYPE_EROFS_ZSTD
+            {
+                if !opts.format.is_erofs() {
+                    return Err(Error::Unsupported(format!(
+                        "layer {}: converting an EROFS layer to {} is not supported",
+                        l.digest,
+                        opts.format.name()
+                    )));
+                }
+                let input = LayerIn {
                     descriptor: l,
                     source_diff_id: Some(*diff_id),
                     blob,
-                    compression,
-                },
-                opts,
-                dest,
-                progress,
-            )?;
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            progress.layer_done(n, total_layers, &out.report);
+                    compression: crate::layer::Compression::None,
+                };
+                erofs::keep_erofs_layer(&input, dest, progress)?
+            } else {
+                let compression = LayerMediaType::classify(&l.media_type)?.compression;
+                convert_layer(
+                    LayerIn {
+                        descriptor: l,
+                        source_diff_id: Some(*diff_id),
+                        blob,
+                        compression,
+                    },
+                    opts,
+                    dest,
+                    progress,
+                )?
+            };
+            progress.layer_done(first_layer + i, total_layers, &out.report);
             Ok(out)
         })
         .collect::<Vec<Result<LayerOut>>>()
@@ -343,13 +370,25 @@ fn convert_manifest(
         .collect::<Result<_>>()?;
 
     let new_diff_ids: Vec<Digest> = outs.iter().map(|o| o.diff_id).collect();
-    let config = oci::rewrite_config(&job.config, &new_diff_ids)
+    let mut config = oci::rewrite_config(&job.config, &new_diff_ids)
         .with_context(|| format!("config {}", job.manifest.config.digest))?;
+    if opts.format.is_erofs() {
+        config = erofs::add_erofs_os_feature(&config)
+            .with_context(|| format!("config {}", job.manifest.config.digest))?;
+    }
     let config_desc = dest.put_bytes(media::OCI_CONFIG, &config)?;
     let layers: Vec<Descriptor> = outs.iter().map(|o| o.descriptor.clone()).collect();
     let manifest_json = job.manifest.to_oci_json(&config_desc, &layers);
     let mut desc = dest.put_bytes(media::OCI_MANIFEST, &manifest_json)?;
     desc.platform = job.descriptor.platform.clone();
+    if opts.format.is_erofs() {
+        if let Some(p) = desc.platform.as_mut() {
+            let features = p.os_features.get_or_insert_with(Vec::new);
+            if !features.iter().any(|f| f == erofs_format::OS_FEATURE_EROFS) {
+                features.push(erofs_format::OS_FEATURE_EROFS.to_string());
+            }
+        }
+    }
     desc.annotations = job.descriptor.annotations.clone();
     let report = ManifestReport {
         platform: desc.platform.as_ref().map(|p| p.to_string()),
