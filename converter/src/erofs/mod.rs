@@ -15,6 +15,6 @@ mod read;
 #[cfg(feature = "write")]
 mod write;
 
-pub use read::ErofsReader;
+pub use read::{DirEntry, ErofsReader, Inode, Nid};
 #[cfg(feature = "write")]
 pub use write::{BuiltImage, ErofsBuilder, ErofsOptions};
