@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lazypull_converter::convert::{self, human_bytes, ConvertOptions, NoProgress, TargetFormat};
+use lazypull_converter::erofs::{chunk_index, format as erofs_format, ErofsReader};
 use lazypull_converter::estargz::EstargzReader;
 use lazypull_converter::layer::EntryKind;
 use lazypull_converter::oci::{self, media, ImageRef, Manifest};
@@ -35,7 +36,11 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     let src = format!("oci:{}:demo", src_dir.display());
     println!("sample image: {src}");
 
-    for format in [TargetFormat::Estargz, TargetFormat::ZstdChunked] {
+    for format in [
+        TargetFormat::Estargz,
+        TargetFormat::ZstdChunked,
+        TargetFormat::Erofs,
+    ] {
         let out_dir = dir.join(format.name());
         let dst = format!("oci:{}:demo", out_dir.display());
         let opts = ConvertOptions {
@@ -60,7 +65,11 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         {
             println!("  {}", l.summary_line(i, report.manifests[0].layers.len()));
         }
-        let checked = verify_image(&dst)?;
+        let checked = if format.is_erofs() {
+            verify_erofs_image(&dst)?
+        } else {
+            verify_image(&dst)?
+        };
         println!(
             "  verified: {} files, {} read back through the reader with every chunk digest checked",
             checked.files,
@@ -79,8 +88,8 @@ struct Checked {
     bytes: u64,
 }
 
-/// Open every layer of a converted image with its annotated TOC digest and read every file.
-fn verify_image(reference: &str) -> Result<Checked> {
+/// The layers of a single-manifest image, with the source they are read from.
+fn image_layers(reference: &str) -> Result<(Box<dyn oci::ImageSource>, Manifest)> {
     let r: ImageRef = reference.parse()?;
     let source = oci::open_source(&r)?;
     let root = source.root()?;
@@ -88,6 +97,52 @@ fn verify_image(reference: &str) -> Result<Checked> {
         bail!("{reference}: expected a single manifest");
     }
     let manifest = Manifest::from_json(&source.read_blob(&root)?)?;
+    Ok((source, manifest))
+}
+
+/// Open every EROFS layer through its verified chunk index and read every file of the image.
+fn verify_erofs_image(reference: &str) -> Result<Checked> {
+    let (source, manifest) = image_layers(reference)?;
+    let mut checked = Checked { files: 0, bytes: 0 };
+    for layer in &manifest.layers {
+        let a = |key: &str| {
+            layer
+                .annotations
+                .get(key)
+                .with_context(|| format!("layer {} has no {key} annotation", layer.digest))
+        };
+        let range =
+            chunk_index::parse_range_annotation(a(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)?)?;
+        let digest: Digest = a(erofs_format::ANNOTATION_CHUNK_INDEX_DIGEST)?.parse()?;
+        let blob = source.blob(layer)?;
+        let (index, start) = chunk_index::read_embedded_index(&blob, true, range, Some(&digest))
+            .with_context(|| format!("layer {}: chunk index", layer.digest))?;
+        let image = chunk_index::ChunkedImage::new(blob, index, start);
+        let fs =
+            ErofsReader::open(image).with_context(|| format!("opening layer {}", layer.digest))?;
+        let mut seen = std::collections::HashSet::new();
+        for (path, inode) in fs.walk()? {
+            // Hardlinked paths share one inode: read it once.
+            if inode.kind != EntryKind::Reg || !seen.insert(inode.nid) {
+                continue;
+            }
+            let mut data = vec![0u8; inode.size as usize];
+            let n = fs
+                .read(&inode, 0, &mut data)
+                .with_context(|| format!("layer {}: reading `{path}`", layer.digest))?;
+            if n as u64 != inode.size {
+                bail!("layer {}: `{path}`: short read", layer.digest);
+            }
+            checked.files += 1;
+            checked.bytes += inode.size;
+        }
+    }
+    Ok(checked)
+}
+
+/// Open every layer of a converted image with its annotated TOC digest and read every file.
+fn verify_image(reference: &str) -> Result<Checked> {
+    let (source, manifest) = image_layers(reference)?;
     let mut checked = Checked { files: 0, bytes: 0 };
     for layer in &manifest.layers {
         let toc: Digest = layer
