@@ -107,6 +107,27 @@ fn pick_paths() -> Vec<String> {
     out.order
 }
 
+/// Archive the picked tree with GNU tar (as root, with xattrs) in `work`; the tar's bytes.
+/// Shared with the EROFS topic, which converts the same layer.
+pub(crate) fn realistic_tar(work: &Path) -> Vec<u8> {
+    let list = work.join("paths");
+    let mut names = pick_paths().join("\0");
+    names.push('\0');
+    std::fs::write(&list, names).unwrap();
+    let tar_path = work.join("layer.tar");
+    run_ok(
+        Command::new("tar")
+            .args(["--xattrs", "--no-recursion", "--null", "-C", "/", "-cf"])
+            .arg(&tar_path)
+            .arg("-T")
+            .arg(&list),
+    );
+    let tar = std::fs::read(&tar_path).unwrap();
+    std::fs::remove_file(&tar_path).unwrap();
+    eprintln!("realistic layer: {} MB of tar", tar.len() >> 20);
+    tar
+}
+
 #[test]
 fn realistic_tree_converts_and_verifies() {
     skip_unless!(
@@ -117,20 +138,7 @@ fn realistic_tree_converts_and_verifies() {
     skip_unless!(missing.is_none(), "{missing:?} is not installed");
 
     let tmp = tempfile::tempdir().unwrap();
-    let list = tmp.path().join("paths");
-    let mut names = pick_paths().join("\0");
-    names.push('\0');
-    std::fs::write(&list, names).unwrap();
-    let tar_path = tmp.path().join("layer.tar");
-    run_ok(
-        Command::new("tar")
-            .args(["--xattrs", "--no-recursion", "--null", "-C", "/", "-cf"])
-            .arg(&tar_path)
-            .arg("-T")
-            .arg(&list),
-    );
-    let tar = std::fs::read(&tar_path).unwrap();
-    eprintln!("realistic layer: {} MB of tar", tar.len() >> 20);
+    let tar = realistic_tar(tmp.path());
 
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
     let layer = ImageLayer::gzip(&tar, "tar of a real tree");

@@ -24,5 +24,9 @@ mod tools;
 /// A few hundred MB of a real directory tree of this machine, converted and verified.
 mod realistic;
 
+/// `--format erofs`: fsck and kernel mounts of every layer compared with GNU tar, the chunk index
+/// against the erofs-image-spec, overlay stacks, prefetch layout, reproducibility, refusals.
+mod erofs;
+
 /// The command line: help texts and `lazypull demo`.
 mod cli;

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod erofs;
 pub mod gohelper;
+pub mod tarbuild;
 pub mod toc;
 pub mod tree;
 
@@ -198,6 +200,68 @@ pub fn sha256(data: &[u8]) -> String {
     let d = sha2::Sha256::digest(data);
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run `lazypull convert ARGS…` expecting failure within `timeout`: it must exit non-zero,
+/// say why on stderr and not panic. Returns stderr.
+pub fn convert_fails_with<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> String {
+    let mut cmd = Command::new(lazypull_bin());
+    cmd.arg("convert").args(args);
+    let desc = format!("{cmd:?}");
+    let out = run_with_timeout(&mut cmd, None, timeout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{desc} succeeded");
+    assert!(!stderr.contains("panicked"), "{desc} panicked:\n{stderr}");
+    assert!(!stderr.trim().is_empty(), "{desc} failed silently");
+    stderr
+}
+
+/// A layout directory's observable state: `index.json` bytes and blob names, or `None` when
+/// the directory does not exist. A failed conversion must leave it as it was.
+pub fn layout_state(dir: &Path) -> Option<(Vec<u8>, Vec<String>)> {
+    if !dir.exists() {
+        return None;
+    }
+    let index = std::fs::read(dir.join("index.json")).unwrap_or_default();
+    Some((index, Layout::new(dir).blob_names()))
+}
+
+/// Re-point the tag `tag` of the layout at `dir` from its manifest to a new image index
+/// holding that manifest for linux/amd64: a multi-platform source.
+pub fn wrap_in_image_index(dir: &Path, tag: &str) {
+    let layout = Layout::new(dir);
+    let mut manifest_entry = layout.index_entry(tag);
+    if let Some(obj) = manifest_entry.as_object_mut() {
+        obj.remove("annotations");
+        obj.insert(
+            "platform".into(),
+            serde_json::json!({"architecture": "amd64", "os": "linux"}),
+        );
+    }
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": sample::MEDIA_TYPE_INDEX,
+        "manifests": [manifest_entry],
+    });
+    let bytes = serde_json::to_vec(&image_index).unwrap();
+    let digest = sha256(&bytes);
+    std::fs::write(layout.blob_path(&digest), &bytes).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": sample::MEDIA_TYPE_INDEX,
+        "manifests": [{
+            "mediaType": sample::MEDIA_TYPE_INDEX,
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {sample::REF_NAME: tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
 /// An OCI image layout on disk, read back for checking.

@@ -23,10 +23,15 @@ const TAR_EXTRACT: &str =
 
 /// Extract an uncompressed tar held in memory into `dest` (created).
 pub fn extract_tar(tar: &[u8], dest: &Path) {
+    extract_tar_with(tar, dest, &[]);
+}
+
+/// [`extract_tar`] with further GNU tar options (`extra`, passed as separate words).
+pub fn extract_tar_with(tar: &[u8], dest: &Path, extra: &[&str]) {
     std::fs::create_dir_all(dest).unwrap();
-    let script = format!("{TAR_EXTRACT} \"$1\"");
+    let script = format!("{TAR_EXTRACT} \"$1\" \"${{@:2}}\"");
     let mut cmd = Command::new("bash");
-    cmd.args(["-c", &script, "extract"]).arg(dest);
+    cmd.args(["-c", &script, "extract"]).arg(dest).args(extra);
     let out = run_with_timeout(&mut cmd, Some(tar), TIMEOUT);
     assert!(
         out.status.success(),
@@ -68,8 +73,10 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Seconds only: formats differ in how they carry nanoseconds.
+    /// Seconds; [`compare`] looks at these only: formats differ in how they carry nanoseconds.
     pub mtime: i64,
+    /// Nanoseconds of the mtime, compared by [`compare_mtime_nsec`] where a format keeps them.
+    pub mtime_nsec: i64,
     pub size: u64,
     pub content: Option<String>,
     pub link: Option<String>,
@@ -147,6 +154,7 @@ fn walk(root: &Path, dir: &Path, tree: &mut Tree, inodes: &mut HashMap<(u64, u64
             uid: meta.uid(),
             gid: meta.gid(),
             mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
             size: if kind == 'f' { meta.len() } else { 0 },
             content: (kind == 'f').then(|| sha256(&std::fs::read(&path).unwrap())),
             link: (kind == 'l').then(|| {
@@ -328,4 +336,204 @@ pub fn assert_same_tree(input_tar: &[u8], blob: &Path, media_type: &str, work: &
         "extracting {} differs from extracting its source:\n{diff}",
         blob.display()
     );
+}
+
+/// [`compare`]'s companion for formats that keep nanoseconds: the mtime nanoseconds of every
+/// path in `explicit` (or every path) that both trees hold.
+pub fn compare_mtime_nsec(
+    expected: &Tree,
+    actual: &Tree,
+    explicit: Option<&BTreeSet<String>>,
+) -> Diff {
+    let diffs = expected
+        .iter()
+        .filter(|(path, _)| explicit.is_none_or(|e| e.contains(*path)))
+        .filter_map(|(path, want)| {
+            let got = actual.get(path)?;
+            (want.kind == got.kind && want.mtime_nsec != got.mtime_nsec).then(|| {
+                format!(
+                    "`{path}`: mtime nanoseconds: expected {}.{:09}, got {}.{:09}",
+                    want.mtime, want.mtime_nsec, got.mtime, got.mtime_nsec
+                )
+            })
+        })
+        .collect();
+    Diff(diffs)
+}
+
+/// OCI whiteout marker prefix and the opaque-directory marker (image-spec layer.md).
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The xattr overlayfs reads to make a directory opaque, and its value.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What a marker at `path` asks for.
+pub enum Marker {
+    /// `.wh..wh..opq` in the directory (`""` for the root).
+    Opaque { dir: String },
+    /// `.wh.NAME`: `NAME` in the same directory is removed.
+    Whiteout { target: String },
+}
+
+/// Whether the normalised path names an OCI whiteout marker, and which.
+pub fn marker(path: &str) -> Option<Marker> {
+    let (dir, base) = match path.rsplit_once('/') {
+        Some((d, b)) => (d.to_string(), b),
+        None => (String::new(), path),
+    };
+    let join = |name: &str| {
+        if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        }
+    };
+    if base == OPAQUE_MARKER {
+        Some(Marker::Opaque { dir })
+    } else {
+        base.strip_prefix(WHITEOUT_PREFIX)
+            .filter(|n| !n.is_empty())
+            .map(|n| Marker::Whiteout { target: join(n) })
+    }
+}
+
+/// The tree an EROFS (overlayfs-form) layer must show for a tar layer whose extraction is
+/// `tree`: each `.wh.NAME` becomes a character device 0:0 `NAME`, each `.wh..wh..opq` becomes
+/// `trusted.overlay.opaque=y` on its directory, and no marker remains. A whiteout's own mode,
+/// owner and mtime are not the tar's to say: leave it out of the explicit set
+/// ([`without_markers`]).
+pub fn whiteouts_as_overlay(tree: &Tree) -> Tree {
+    let mut out = Tree::new();
+    let mut opaque = Vec::new();
+    for (path, node) in tree {
+        match marker(path) {
+            None => {
+                out.insert(path.clone(), node.clone());
+            }
+            Some(Marker::Opaque { dir }) => opaque.push(dir),
+            Some(Marker::Whiteout { target }) => {
+                let device = Node {
+                    kind: 'c',
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    mtime_nsec: 0,
+                    size: 0,
+                    content: None,
+                    link: None,
+                    dev: Some((0, 0)),
+                    xattrs: BTreeMap::new(),
+                    hardlink_group: None,
+                };
+                out.insert(target, device);
+            }
+        }
+    }
+    for dir in opaque {
+        // The root's opacity has no node to carry it in a tree snapshot.
+        if let Some(node) = out.get_mut(&dir) {
+            node.xattrs.insert(OPAQUE_XATTR.into(), b"y".to_vec());
+        }
+    }
+    out
+}
+
+/// `names` without whiteout markers (the explicit set of a layer in overlayfs form).
+pub fn without_markers(names: &BTreeSet<String>) -> BTreeSet<String> {
+    names
+        .iter()
+        .filter(|n| marker(n).is_none())
+        .cloned()
+        .collect()
+}
+
+/// Turn the OCI markers of an extracted tar at `root` into overlayfs form on disk (a device
+/// 0:0 per `.wh.NAME`, the opaque xattr per `.wh..wh..opq`), keeping directory mtimes, so the
+/// directory can serve as an overlay lower layer or as `mkfs.erofs` input.
+pub fn markers_to_overlay_on_disk(root: &Path) {
+    let paths: Vec<String> = snapshot(root).into_keys().collect();
+    for path in paths {
+        let Some(m) = marker(&path) else { continue };
+        let parent = root.join(&path).parent().unwrap().to_path_buf();
+        let times = std::fs::metadata(&parent).unwrap();
+        std::fs::remove_file(root.join(&path)).unwrap();
+        match m {
+            Marker::Opaque { .. } => xattr::set(&parent, OPAQUE_XATTR, b"y").unwrap(),
+            Marker::Whiteout { target } => {
+                let dev = root.join(target);
+                let out = run_with_timeout(
+                    Command::new("mknod").arg(&dev).args(["c", "0", "0"]),
+                    None,
+                    TIMEOUT,
+                );
+                assert!(out.status.success(), "mknod {}: {:?}", dev.display(), out);
+            }
+        }
+        let restore = std::fs::FileTimes::new()
+            .set_accessed(times.accessed().unwrap())
+            .set_modified(times.modified().unwrap());
+        std::fs::File::open(&parent)
+            .unwrap()
+            .set_times(restore)
+            .unwrap();
+    }
+}
+
+/// Extract `tars` (bottom first) into `dest` as one root filesystem, applying OCI whiteouts
+/// between layers: a layer's `.wh.NAME` removes `NAME` from the layers below, its
+/// `.wh..wh..opq` empties its directory of what the layers below put there, and no marker is
+/// extracted. What a runtime that unpacks a tar image gets.
+pub fn extract_layers_merged(tars: &[&[u8]], dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for tar in tars {
+        for (name, is_dir) in tar_kinds(tar) {
+            match marker(&name) {
+                None => {
+                    // A directory replaces a non-directory and vice versa; GNU tar only
+                    // overwrites like with like.
+                    let path = dest.join(&name);
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        if m.is_dir() != is_dir {
+                            remove_any(&path);
+                        }
+                    }
+                }
+                Some(Marker::Whiteout { target }) => remove_any(&dest.join(target)),
+                Some(Marker::Opaque { dir }) => {
+                    if let Ok(rd) = std::fs::read_dir(dest.join(&dir)) {
+                        for entry in rd {
+                            remove_any(&entry.unwrap().path());
+                        }
+                    }
+                }
+            }
+        }
+        // Directory mtimes the removals changed are restored by the layer's own directory
+        // entries (each layer lists the directories it changes).
+        extract_tar_with(tar, dest, &["--exclude", &format!("{WHITEOUT_PREFIX}*")]);
+    }
+}
+
+/// The normalised names of a tar's members and whether each is a directory, in tar order.
+fn tar_kinds(tar: &[u8]) -> Vec<(String, bool)> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = normalize(&String::from_utf8_lossy(&e.path_bytes()));
+            (name, e.header().entry_type().is_dir())
+        })
+        .filter(|(n, _)| !n.is_empty())
+        .collect()
+}
+
+fn remove_any(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
 }
