@@ -45,8 +45,8 @@ impl TargetFormat {
         match self {
             TargetFormat::Estargz => "estargz",
             TargetFormat::ZstdChunked => "zstdchunked",
-            TargetFormat::Erofs => "erofs",
-            TargetFormat::ErofsRaw => "erofs-raw",
+            // The raw variant differs by media type, not by format.
+            TargetFormat::Erofs | TargetFormat::ErofsRaw => "erofs",
         }
     }
 

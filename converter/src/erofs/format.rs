@@ -309,8 +309,6 @@ pub const CHUNK_HASH_SIZE_SHA256: u8 = 32;
 pub const CHUNK_HASH_SIZE_SHA512: u8 = 64;
 /// The chunk size lazypull writes: small enough for lazy reads, large enough for zstd.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
-/// The chunk-index skippable frame SHOULD start at a multiple of this (§3.4.3).
-pub const CHUNK_INDEX_ALIGN: u64 = 4;
 /// zstd skippable frames use any magic in `FIRST..=LAST` (RFC 8878 §3.1.2); §3.4.3 allows all.
 pub const ZSTD_SKIPPABLE_MAGIC_FIRST: u32 = 0x184D_2A50;
 /// Last skippable-frame magic.

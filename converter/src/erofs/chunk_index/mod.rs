@@ -10,12 +10,10 @@
 //! - [`ChunkedWriter`] (feature `write`): cuts an image stream into chunks, one zstd frame each,
 //!   and appends the index; [`WrappedBlob`] says what was written and gives the annotations.
 //!
-//! A blob lazypull writes (`+zstd`): `frame 0 | frame 1 | … | frame N-1 | [padding frame] |
-//! skippable frame(index)`. The padding is a zero-filled skippable frame of 8–11 bytes, present
-//! when the last frame ends off a 4-byte boundary, so the index frame starts aligned (§3.4.3).
-//! Per §3.4.2 the last chunk's on-blob bytes run up to the index frame, so they include the
-//! padding frame, and so does its checksum; zstd decoders skip it. Raw blobs (`CompressionType`
-//! 0) are the image bytes followed by the bare index; they need no padding.
+//! A blob lazypull writes (`+zstd`): `frame 0 | frame 1 | … | frame N-1 | skippable
+//! frame(index)`, each chunk exactly one frame (§3.3), so the index frame is not padded to a
+//! 4-byte boundary (a SHOULD of §3.4.3 that would put a padding frame inside the last chunk's
+//! bytes). Raw blobs (`CompressionType` 0) are the image bytes followed by the bare index.
 
 use std::ops::Range;
 

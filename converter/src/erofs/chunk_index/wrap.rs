@@ -12,7 +12,7 @@ use crate::erofs::format::{
     ANNOTATION_CHUNK_INDEX_DIGEST, ANNOTATION_CHUNK_INDEX_RANGE,
     ANNOTATION_LAZYPULL_CHUNK_INDEX_DIGEST, ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE,
     ANNOTATION_LAZYPULL_UNCOMPRESSED_DIGEST, ANNOTATION_UNCOMPRESSED_DIGEST,
-    CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD, CHUNK_HASH_SIZE_SHA256, CHUNK_INDEX_ALIGN,
+    CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD, CHUNK_HASH_SIZE_SHA256,
 };
 use crate::error::{Error, Result};
 use crate::estargz::format::zstd_skippable_header;
@@ -25,7 +25,7 @@ const MAX_WINDOW: u64 = 64 << 20;
 /// Cuts an image stream into fixed-size chunks and writes a chunk-indexed blob.
 ///
 /// With compression 1 each chunk becomes one zstd frame and the index goes last in a skippable
-/// frame (aligned to 4 bytes by a padding frame when needed); with compression 0 the chunks are
+/// frame; with compression 0 the chunks are
 /// the image bytes themselves and the bare index follows. Every chunk carries a SHA-256 of its
 /// on-blob bytes.
 ///
@@ -47,7 +47,7 @@ pub struct ChunkedWriter<W: Write> {
     blob: Hasher,
     image: Hasher,
     entries: Vec<ChunkEntry>,
-    /// The last chunk's checksum, still open: alignment padding becomes part of its bytes.
+    /// The last chunk's checksum, finished when the writer is.
     last_chunk: Option<Hasher>,
     /// Why the options are unusable, reported by the first write or `finish`.
     bad_options: Option<String>,
@@ -140,22 +140,15 @@ impl<W: Write> ChunkedWriter<W> {
         }
     }
 
-    /// Write the last chunk, the alignment padding and the index; return what was written.
+    /// Write the last chunk and the index; return what was written.
     pub fn finish(mut self) -> Result<WrappedBlob> {
         self.usable().map_err(|e| Error::Invalid(e.to_string()))?;
         let what = "write chunk-indexed blob";
         self.flush_chunks(true).map_err(|e| Error::io(what, e))?;
         let zstd = self.compression == CHUNK_COMPRESSION_ZSTD;
-        if zstd && !self.written.is_multiple_of(CHUNK_INDEX_ALIGN) {
-            // A skippable frame is at least its 8-byte header, a multiple of 4 itself.
-            let fill = (CHUNK_INDEX_ALIGN - self.written % CHUNK_INDEX_ALIGN) as usize;
-            let mut padding = zstd_skippable_header(fill as u32).to_vec();
-            padding.resize(padding.len() + fill, 0);
-            self.emit(&padding).map_err(|e| Error::io(what, e))?;
-            if let Some(h) = self.last_chunk.as_mut() {
-                h.update(&padding);
-            }
-        }
+        // No alignment padding before the index frame: the spec's MUST that each chunk is
+        // exactly one zstd frame (§3.3) outranks its SHOULD that the index frame start 4-byte
+        // aligned (§3.4.3), and a padding frame would become part of the last chunk's bytes.
         if let (Some(h), Some(last)) = (self.last_chunk.take(), self.entries.last_mut()) {
             last.checksum = Some(*h.finish().as_bytes());
         }
