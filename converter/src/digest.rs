@@ -164,23 +164,96 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A hasher on its own thread: `update` hands over a copy of the bytes, so hashing a stream
+/// overlaps whatever the reading thread does with it (decompressing, parsing, spooling).
+pub struct BackgroundHasher {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Hasher>>,
+}
+
+impl BackgroundHasher {
+    /// Start the hashing thread.
+    pub fn start() -> Self {
+        // A few megabytes in flight at most: the reader never runs far ahead of the hash.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let worker = std::thread::spawn(move || {
+            let mut h = Hasher::new();
+            for buf in rx {
+                h.update(&buf);
+            }
+            h
+        });
+        BackgroundHasher {
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Hash `data` (after everything given before).
+    pub fn update(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx {
+            // The worker only stops when the sender is dropped, so a send cannot fail.
+            let _ = tx.send(data.to_vec());
+        }
+    }
+
+    /// Wait for the hash of everything given, and its length.
+    pub fn finish(mut self) -> (Digest, u64) {
+        drop(self.tx.take());
+        let h = self
+            .worker
+            .take()
+            .expect("a background hasher finishes once")
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let len = h.len();
+        (h.finish(), len)
+    }
+}
+
+impl Drop for BackgroundHasher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 /// A reader that hashes what passes through it.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Hasher,
+    /// `None` when only counting.
+    hasher: Option<BackgroundHasher>,
+    len: u64,
 }
 
 impl<R: io::Read> HashingReader<R> {
-    /// Wrap `inner`.
+    /// Wrap `inner`; the hashing runs on a thread of its own.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Hasher::new(),
+            hasher: Some(BackgroundHasher::start()),
+            len: 0,
         }
     }
-    /// The digest and length of what was read so far.
-    pub fn digest(&self) -> (Digest, u64) {
-        (self.hasher.clone().finish(), self.hasher.len())
+    /// Wrap `inner`, counting bytes without hashing them (when another reader already hashes
+    /// the same bytes).
+    pub fn counting(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: None,
+            len: 0,
+        }
+    }
+    /// The digest (`None` when only counting) and length of everything read; call once, at the
+    /// end.
+    pub fn finish(&mut self) -> (Option<Digest>, u64) {
+        let digest = self.hasher.take().map(|h| h.finish().0);
+        (digest, self.len)
     }
     /// The inner reader.
     pub fn get_mut(&mut self) -> &mut R {
@@ -191,7 +264,10 @@ impl<R: io::Read> HashingReader<R> {
 impl<R: io::Read> io::Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        self.len += n as u64;
         Ok(n)
     }
 }

@@ -76,7 +76,7 @@ impl EstargzOptions {
             chunk_size: 4 << 20,
             level: format.default_level(),
             prefetch: None,
-            window: 64 << 20,
+            window: 32 << 20,
         }
     }
 
@@ -140,7 +140,12 @@ enum Piece {
     /// The tar header of output item `n`.
     Header(usize),
     /// `len` bytes of content at `off` in the spool.
-    Spool { off: u64, len: u64 },
+    Spool {
+        off: u64,
+        len: u64,
+        /// The file's digest when this chunk is the whole file: ingest already hashed it.
+        whole: Option<Digest>,
+    },
     /// The landmark's one content byte.
     LandmarkByte,
     /// Zero bytes padding content to a tar block.
@@ -198,6 +203,9 @@ impl EstargzWriter {
         let mut diff = Hasher::new();
         let mut member_offsets = Vec::with_capacity(plan.members.len());
 
+        // Windows of members: each is compressed in parallel while the previous one is hashed
+        // and written on this thread, so the sequential part overlaps the parallel one.
+        let mut windows = Vec::new();
         let mut start = 0;
         while start < plan.members.len() {
             let mut end = start;
@@ -206,25 +214,56 @@ impl EstargzWriter {
                 window += plan.members[end].len;
                 end += 1;
             }
-            let packed: Vec<Result<Packed>> = plan.members[start..end]
+            windows.push(start..end);
+            start = end;
+        }
+        let Plan {
+            items,
+            members,
+            toc,
+            ..
+        } = &mut plan;
+        let (items, members) = (&*items, &*members);
+        let compress = |range: std::ops::Range<usize>| -> Result<Vec<Packed>> {
+            members[range]
                 .par_iter()
                 .map_init(
                     || Codec::new(self.opts.format, self.opts.level),
-                    |codec, m| self.pack(layer, &plan, m, codec),
+                    |codec, m| self.pack(layer, items, m, codec),
                 )
-                .collect();
-            for (i, p) in packed.into_iter().enumerate() {
-                let p = p?;
-                member_offsets.push(out.count);
-                if let (Some(t), Some(d)) = (plan.members[start + i].chunk_toc, p.chunk_digest) {
-                    plan.toc[t].chunk_digest = d.to_string();
+                .collect()
+        };
+        let mut pending: Option<(usize, Vec<Packed>)> = None;
+        for next in windows.into_iter().map(Some).chain(std::iter::once(None)) {
+            let to_write = pending.take();
+            let mut compressed = None;
+            // `in_place_scope` keeps the writing on this thread, so `out` need not be `Send`.
+            let written = rayon::in_place_scope(|scope| {
+                if let Some(r) = next {
+                    let slot = &mut compressed;
+                    let compress = &compress;
+                    scope.spawn(move |_| *slot = Some((r.start, compress(r))));
                 }
-                diff.update(&p.raw);
-                out.write_all(&p.compressed)
-                    .map_err(|e| Error::io("write blob", e))?;
-                progress(p.raw.len() as u64);
-            }
-            start = end;
+                let Some((first, packed)) = to_write else {
+                    return Ok(());
+                };
+                for (i, p) in packed.into_iter().enumerate() {
+                    member_offsets.push(out.count);
+                    if let (Some(t), Some(d)) = (members[first + i].chunk_toc, p.chunk_digest) {
+                        toc[t].chunk_digest = d.to_string();
+                    }
+                    diff.update(&p.raw);
+                    out.write_all(&p.compressed)
+                        .map_err(|e| Error::io("write blob", e))?;
+                    progress(p.raw.len() as u64);
+                }
+                Ok::<(), Error>(())
+            });
+            written?;
+            pending = match compressed {
+                Some((first, packed)) => Some((first, packed?)),
+                None => None,
+            };
         }
 
         for (t, m) in plan.toc_member.iter().enumerate() {
@@ -372,6 +411,11 @@ impl EstargzWriter {
                     Item::Layer(_) => Piece::Spool {
                         off: entry.spool_offset + written,
                         len: this,
+                        whole: if this == entry.size {
+                            entry.digest
+                        } else {
+                            None
+                        },
                     },
                     Item::Landmark(name) => {
                         if name == format::PREFETCH_LANDMARK {
@@ -412,24 +456,24 @@ impl EstargzWriter {
     }
 
     /// Materialise and compress one member.
-    fn pack(&self, layer: &Layer, plan: &Plan, m: &Member, codec: &mut Codec) -> Result<Packed> {
+    fn pack(&self, layer: &Layer, items: &[Item], m: &Member, codec: &mut Codec) -> Result<Packed> {
         let mut raw = Vec::with_capacity(m.len as usize);
         let mut chunk_digest = None;
         for piece in &m.pieces {
             match *piece {
                 Piece::Header(n) => {
-                    let h = match plan.items[n] {
+                    let h = match items[n] {
                         Item::Layer(i) => tar_header(&layer.entries[i]),
                         Item::Landmark(name) => tar_header(&landmark_entry(name)),
                     };
                     raw.extend_from_slice(&h?);
                 }
-                Piece::Spool { off, len } => {
+                Piece::Spool { off, len, whole } => {
                     let at = raw.len();
                     raw.resize(at + len as usize, 0);
                     layer.spool.read_at(off, &mut raw[at..])?;
                     if m.chunk_toc.is_some() {
-                        chunk_digest = Some(Digest::of(&raw[at..]));
+                        chunk_digest = Some(whole.unwrap_or_else(|| Digest::of(&raw[at..])));
                     }
                 }
                 Piece::LandmarkByte => raw.push(format::LANDMARK_CONTENT),

@@ -20,6 +20,9 @@ use std::rc::Rc;
 use super::tarwrite::TAR_BLOCK;
 use super::{detect_compression, EntryKind, InputStats, Layer, LayerEntry};
 use crate::blob::FileBlob;
+use rayon::prelude::*;
+
+use crate::blob::BlobRead;
 use crate::digest::{Digest, Hasher, HashingReader};
 use crate::error::{Error, Result, ResultExt};
 
@@ -80,19 +83,27 @@ impl Layer {
 
         let (parsed, diff_id, uncompressed_size) = {
             let decoder = compression.decoder(&mut raw)?;
+            // An uncompressed layer's diffID is its digest: hash those bytes once.
+            let tar_reader = if compression == super::Compression::None {
+                HashingReader::counting(decoder)
+            } else {
+                HashingReader::new(decoder)
+            };
             let mut tar = TarStream {
-                inner: BufReader::with_capacity(COPY_BUF, HashingReader::new(decoder)),
+                inner: BufReader::with_capacity(COPY_BUF, tar_reader),
                 pos: 0,
                 failed: &failed,
             };
             let parsed = Parser::new().run(&mut tar, &mut spool)?;
             // The diffID covers the whole stream: EOF blocks and any record padding too.
             tar.drain()?;
-            let (diff_id, len) = tar.inner.get_ref().digest();
+            let (diff_id, len) = tar.inner.get_mut().finish();
             (parsed, diff_id, len)
         };
         io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_error(&failed, e))?;
-        let (digest, size) = raw.get_ref().1.digest();
+        let (digest, size) = raw.get_mut().1.finish();
+        let digest = digest.expect("the raw input is always hashed");
+        let diff_id = diff_id.unwrap_or(digest);
 
         if let Some(want) = opts.expected_size {
             if want != size {
@@ -116,9 +127,12 @@ impl Layer {
             .file
             .set_len(spool.len)
             .map_err(|e| Error::io("extend layer spool", e))?;
+        let spool = FileBlob::window(spool.file, 0, spool.len, "layer spool".into());
+        let mut entries: Vec<LayerEntry> = parsed.entries.into_iter().flatten().collect();
+        hash_contents(&mut entries, &spool)?;
         Ok(Layer {
-            entries: parsed.entries.into_iter().flatten().collect(),
-            spool: FileBlob::window(spool.file, 0, spool.len, "layer spool".into()),
+            entries,
+            spool,
             input: InputStats {
                 compression,
                 digest,
@@ -428,14 +442,14 @@ impl Parser {
                 None => unsigned(&block[124..136], "size")?,
             };
             e.spool_offset = spool.len;
-            let mut hasher = Hasher::new();
+            // Contents are hashed after the stream, in parallel (see `hash_contents`).
+            let mut len = ContentLen(0);
             if typeflag == b'S' {
-                self.copy_sparse(tar, spool, header, stored, &mut hasher)?;
+                self.copy_sparse(tar, spool, header, stored, &mut len)?;
             } else {
-                self.copy(tar, spool, stored, &mut hasher)?;
+                self.copy(tar, spool, stored, &mut len)?;
             }
-            e.size = hasher.len();
-            e.digest = Some(hasher.finish());
+            e.size = len.0;
         }
         if DROPPED.contains(&e.name.as_str()) {
             return Ok(());
@@ -473,7 +487,7 @@ impl Parser {
         tar: &mut TarStream<'_, R>,
         spool: &mut Spool,
         size: u64,
-        hasher: &mut Hasher,
+        hasher: &mut ContentLen,
     ) -> Result<()> {
         let mut left = size;
         while left > 0 {
@@ -499,7 +513,7 @@ impl Parser {
         spool: &mut Spool,
         header: &tar::Header,
         stored: u64,
-        hasher: &mut Hasher,
+        hasher: &mut ContentLen,
     ) -> Result<()> {
         let gnu = header
             .as_gnu()
@@ -550,8 +564,38 @@ impl Parser {
     }
 }
 
+/// Counts content bytes as they are spooled.
+struct ContentLen(u64);
+
+impl ContentLen {
+    fn update(&mut self, data: &[u8]) {
+        self.0 += data.len() as u64;
+    }
+}
+
+/// Every regular file's digest, read back from the spool on all cores: hashing while streaming
+/// would serialise it behind decompression and parsing. Holes of sparse files read as zeros.
+fn hash_contents(entries: &mut [LayerEntry], spool: &FileBlob) -> Result<()> {
+    entries
+        .par_iter_mut()
+        .filter(|e| e.kind == EntryKind::Reg)
+        .try_for_each(|e| {
+            let mut h = Hasher::new();
+            let mut buf = vec![0u8; (e.size as usize).clamp(1, COPY_BUF)];
+            let mut off = 0;
+            while off < e.size {
+                let n = (e.size - off).min(buf.len() as u64) as usize;
+                spool.read_at(e.spool_offset + off, &mut buf[..n])?;
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            e.digest = Some(h.finish());
+            Ok(())
+        })
+}
+
 /// A hole: hashed as zeros, left unwritten in the spool.
-fn zeros(spool: &mut Spool, hasher: &mut Hasher, mut n: u64) {
+fn zeros(spool: &mut Spool, hasher: &mut ContentLen, mut n: u64) {
     static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     spool.len += n;
     while n > 0 {
