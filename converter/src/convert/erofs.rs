@@ -23,7 +23,7 @@ pub fn convert_erofs_layer(
     progress: &dyn Progress,
 ) -> Result<LayerOut> {
     let desc = input.descriptor;
-    let layer = ingest_layer(input, sink, progress)?;
+    let layer = ingest_layer(input, sink, progress, false)?;
     let zstd = opts.format == TargetFormat::Erofs;
     let builder = ErofsBuilder::new(ErofsOptions {
         prefetch: opts.prefetch.clone(),

@@ -55,7 +55,7 @@ pub fn convert_layer(
         return Ok(finish_report(out, started));
     };
     let source_size = desc.size;
-    let layer = ingest_layer(&input, sink, progress)?;
+    let layer = ingest_layer(&input, sink, progress, true)?;
 
     let mut wopts = EstargzOptions::new(toc_format);
     wopts.chunk_size = opts.chunk_size.unwrap_or(opts.format.default_chunk_size());
@@ -152,6 +152,7 @@ pub(super) fn ingest_layer(
     input: &LayerIn<'_>,
     sink: &dyn BlobSink,
     progress: &dyn Progress,
+    content_digests: bool,
 ) -> Result<Layer> {
     let desc = input.descriptor;
     let reader = ProgressReader {
@@ -162,6 +163,7 @@ pub(super) fn ingest_layer(
         spool_dir: sink.temp_dir(),
         expected_digest: Some(desc.digest),
         expected_size: Some(desc.size),
+        skip_content_digests: !content_digests,
     };
     Layer::ingest(reader, &ingest)
 }

@@ -48,6 +48,8 @@ pub struct IngestOptions {
     pub expected_digest: Option<Digest>,
     /// The size the input must have (the layer descriptor's size).
     pub expected_size: Option<u64>,
+    /// Skip computing [`LayerEntry::digest`] (EROFS needs no per-file digests); they stay `None`.
+    pub skip_content_digests: bool,
 }
 
 impl Layer {
@@ -129,7 +131,9 @@ impl Layer {
             .map_err(|e| Error::io("extend layer spool", e))?;
         let spool = FileBlob::window(spool.file, 0, spool.len, "layer spool".into());
         let mut entries: Vec<LayerEntry> = parsed.entries.into_iter().flatten().collect();
-        hash_contents(&mut entries, &spool)?;
+        if !opts.skip_content_digests {
+            hash_contents(&mut entries, &spool)?;
+        }
         Ok(Layer {
             entries,
             spool,

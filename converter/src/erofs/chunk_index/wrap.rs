@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use rayon::prelude::*;
 
 use super::{ChunkEntry, ChunkIndex};
-use crate::digest::{Digest, Hasher};
+use crate::digest::{BackgroundHasher, Digest, Hasher};
 use crate::erofs::format::{
     ANNOTATION_CHUNK_INDEX_DIGEST, ANNOTATION_CHUNK_INDEX_RANGE,
     ANNOTATION_LAZYPULL_CHUNK_INDEX_DIGEST, ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE,
@@ -29,7 +29,7 @@ const MAX_WINDOW: u64 = 64 << 20;
 /// the image bytes themselves and the bare index follows. Every chunk carries a SHA-256 of its
 /// on-blob bytes.
 ///
-/// Written bytes are buffered up to a window of whole chunks (twice the rayon pool's threads,
+/// Written bytes are buffered up to a window of whole chunks (eight per rayon pool thread,
 /// at most 64 MiB), compressed in parallel on the current rayon pool, and written in order.
 /// Chunk boundaries depend only on the chunk size, so the blob is the same whatever the thread
 /// count or how the input was split into writes. [`Write::flush`] flushes the inner writer but
@@ -45,7 +45,9 @@ pub struct ChunkedWriter<W: Write> {
     /// Blob bytes written so far (the next chunk's block offset).
     written: u64,
     blob: Hasher,
-    image: Hasher,
+    /// The image's digest runs on a thread of its own, beside the compression.
+    image: Option<BackgroundHasher>,
+    image_len: u64,
     entries: Vec<ChunkEntry>,
     /// The last chunk's checksum, finished when the writer is.
     last_chunk: Option<Hasher>,
@@ -122,7 +124,7 @@ impl<W: Write> ChunkedWriter<W> {
             };
         let chunk_size = chunk_size.clamp(1, MAX_CHUNK_LEN);
         let threads = rayon::current_num_threads() as u64;
-        let chunks = (2 * threads).clamp(1, (MAX_WINDOW / chunk_size).max(1));
+        let chunks = (8 * threads).clamp(1, (MAX_WINDOW / chunk_size).max(1));
         ChunkedWriter {
             out,
             compression,
@@ -132,7 +134,8 @@ impl<W: Write> ChunkedWriter<W> {
             pending: Vec::new(),
             written: 0,
             blob: Hasher::new(),
-            image: Hasher::new(),
+            image: None,
+            image_len: 0,
             entries: Vec::new(),
             last_chunk: None,
             bad_options,
@@ -155,7 +158,7 @@ impl<W: Write> ChunkedWriter<W> {
         let index_offset = self.written;
         let index = ChunkIndex {
             compression: self.compression,
-            uncompressed_size: self.image.len(),
+            uncompressed_size: self.image_len,
             hash_size: CHUNK_HASH_SIZE_SHA256,
             entries: std::mem::take(&mut self.entries),
         };
@@ -176,7 +179,12 @@ impl<W: Write> ChunkedWriter<W> {
         Ok(WrappedBlob {
             digest,
             size: self.written,
-            uncompressed_digest: if zstd { self.image.finish() } else { digest },
+            uncompressed_digest: match self.image.take() {
+                Some(h) if zstd => h.finish().0,
+                // Nothing written: the digest of no bytes.
+                None if zstd => Digest::of(&[]),
+                _ => digest,
+            },
             uncompressed_size: index.uncompressed_size,
             index_offset,
             index_digest: Digest::of(&payload),
@@ -229,7 +237,7 @@ impl<W: Write> ChunkedWriter<W> {
                 Ok((stored, sum))
             })
             .collect();
-        let mut uncompressed = self.image.len() - self.pending.len() as u64;
+        let mut uncompressed = self.image_len - self.pending.len() as u64;
         let mut frames = Vec::with_capacity(packed.len());
         for p in packed {
             frames.push(p?);
@@ -265,7 +273,13 @@ impl<W: Write> Write for ChunkedWriter<W> {
         self.usable()?;
         let n = buf.len().min(self.window - self.pending.len());
         self.pending.extend_from_slice(&buf[..n]);
-        self.image.update(&buf[..n]);
+        // Raw blobs' DiffID is the blob digest: only `+zstd` needs the image's own.
+        if self.compression == CHUNK_COMPRESSION_ZSTD {
+            self.image
+                .get_or_insert_with(BackgroundHasher::start)
+                .update(&buf[..n]);
+        }
+        self.image_len += n as u64;
         if self.pending.len() == self.window {
             self.flush_chunks(false)?;
         }
