@@ -4,7 +4,9 @@
 //! The layer is a tar of up to 64 MB of files from a real directory tree (`/usr/lib/go-*` or
 //! `/usr/include`, whichever exists), so compression works on realistic content. Throughput is
 //! reported in uncompressed bytes per second. End-to-end comparisons against the reference Go
-//! implementation and pigz live in `benches/estargz_vs_reference.sh`.
+//! implementation and pigz live in `benches/estargz_vs_reference.sh`. Two baselines run in the
+//! same group: copying the tar into a temp file (the floor of ingesting) and one gzip stream of
+//! the same bytes at level 6 on one thread (what a plain `tar | gzip` costs).
 
 use std::path::{Path, PathBuf};
 
@@ -77,8 +79,24 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("convert");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(tar.len() as u64));
+    // Baselines run side by side: the floor of ingesting (copying the tar into a temp file)
+    // and of compressing (one gzip stream of the same bytes, flate2/zlib-rs, one thread).
+    group.bench_function("baseline-copy-to-tempfile", |b| {
+        b.iter(|| {
+            let mut f = tempfile::tempfile().expect("temp file");
+            std::io::copy(&mut &tar[..], &mut f).expect("copy")
+        })
+    });
     group.bench_function("ingest", |b| {
         b.iter(|| Layer::ingest(&tar[..], &IngestOptions::default()).expect("ingest"))
+    });
+    group.bench_function("baseline-gzip-level6-one-stream", |b| {
+        b.iter(|| {
+            let mut enc =
+                flate2::write::GzEncoder::new(std::io::sink(), flate2::Compression::new(6));
+            std::io::Write::write_all(&mut enc, &tar).expect("gzip");
+            enc.finish().expect("gzip")
+        })
     });
     let layer = Layer::ingest(&tar[..], &IngestOptions::default()).expect("ingest");
     for (format, level) in [
