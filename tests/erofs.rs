@@ -17,7 +17,7 @@ use lazypull_converter::sample::{self, random_bytes, ImageLayer, SampleBlob};
 use serde_json::Value;
 
 use crate::util::erofs::{
-    assert_fsck_ok, check_chunks, mount_support, parse_range, read_chunk_index,
+    assert_fsck_ok, check_chunks, mount_support, parse_range, read_chunk_index, reader_snapshot,
     zstd_cli_decompress, ChunkIndex, Framing, Mount, ANN_INDEX_DIGEST, ANN_LP_INDEX_DIGEST,
     ANN_LP_PREFETCH_RANGE, ANN_LP_RANGE, ANN_LP_UNCOMPRESSED_DIGEST, ANN_RANGE, ANN_SOURCE_DIGEST,
     ANN_UNCOMPRESSED_DIGEST,
@@ -301,6 +301,16 @@ fn assert_image_matches_tar(img: &Path, tar: &[u8], work: &Path, what: &str) {
     assert!(
         diff.0.is_empty(),
         "{what}: the mounted image differs from extracting its source:\n{diff}"
+    );
+    // lazypull's own reader must report exactly what the kernel shows, every path included.
+    let read = reader_snapshot(img);
+    let all: BTreeSet<String> = got.keys().cloned().collect();
+    let diff = full_diff(&got, &read, &all);
+    assert!(
+        diff.0.is_empty() && read.len() == got.len(),
+        "{what}: lazypull's EROFS reader differs from the kernel mount ({} vs {} paths):\n{diff}",
+        read.len(),
+        got.len()
     );
 }
 

@@ -485,3 +485,78 @@ pub fn assert_fsck_ok(img: &Path, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The tree of an EROFS image as lazypull's own reader reports it, in the same form as
+/// [`super::tree::snapshot`] of a mounted copy (the root itself left out).
+pub fn reader_snapshot(image: &Path) -> super::tree::Tree {
+    use lazypull_converter::erofs::ErofsReader;
+    use lazypull_converter::layer::EntryKind;
+    use lazypull_converter::FileBlob;
+    use std::collections::{BTreeMap, HashMap};
+
+    let fs = ErofsReader::open(FileBlob::open(image).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    let mut tree = super::tree::Tree::new();
+    let mut by_nid: HashMap<u64, Vec<String>> = HashMap::new();
+    for (path, inode) in fs
+        .walk()
+        .unwrap_or_else(|e| panic!("{}: {e}", image.display()))
+    {
+        if path.is_empty() {
+            continue;
+        }
+        let is_char = inode.mode & 0o170000 == 0o020000;
+        let kind = match inode.kind {
+            EntryKind::Dir => 'd',
+            EntryKind::Reg => 'f',
+            EntryKind::Symlink => 'l',
+            EntryKind::Char => 'c',
+            EntryKind::Block => 'b',
+            EntryKind::Fifo => 'p',
+            EntryKind::Hardlink => panic!("the reader never reports hardlink kinds"),
+        };
+        assert_eq!(is_char, kind == 'c', "{path}: mode and kind disagree");
+        let content = (kind == 'f').then(|| {
+            let mut data = vec![0u8; inode.size as usize];
+            let n = fs.read(&inode, 0, &mut data).unwrap();
+            assert_eq!(n as u64, inode.size, "{path}: short read");
+            sha256(&data)
+        });
+        let link = (kind == 'l')
+            .then(|| String::from_utf8(fs.read_link(&inode).unwrap()).expect("UTF-8 link target"));
+        let xattrs: BTreeMap<String, Vec<u8>> = if kind == 'l' {
+            BTreeMap::new()
+        } else {
+            fs.xattrs(&inode)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).expect("UTF-8 xattr name"), v))
+                .collect()
+        };
+        if kind == 'f' && inode.nlink > 1 {
+            by_nid.entry(inode.nid.0).or_default().push(path.clone());
+        }
+        let node = super::tree::Node {
+            kind,
+            mode: inode.mode & 0o7777,
+            uid: inode.uid,
+            gid: inode.gid,
+            mtime: inode.mtime,
+            mtime_nsec: i64::from(inode.mtime_nsec),
+            size: if kind == 'f' { inode.size } else { 0 },
+            content,
+            link,
+            dev: matches!(kind, 'c' | 'b').then(|| (inode.rdev.0 as u64, inode.rdev.1 as u64)),
+            xattrs,
+            hardlink_group: None,
+        };
+        tree.insert(path, node);
+    }
+    for names in by_nid.values().filter(|n| n.len() > 1) {
+        let first = names.iter().min().unwrap().clone();
+        for n in names {
+            tree.get_mut(n).unwrap().hardlink_group = Some(first.clone());
+        }
+    }
+    tree
+}
