@@ -9,6 +9,9 @@
 # Needs: golang-go, golang-github-containerd-stargz-snapshotter-dev, pigz, python3.
 set -euo pipefail
 
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
+
 root=$(cd "$(dirname "$0")/.." && pwd)
 src_dir=${1:-$(ls -d /usr/lib/go-* 2>/dev/null | head -n1)}
 [ -d "$src_dir" ] || { echo "no source directory (give one as argument)" >&2; exit 1; }
@@ -22,36 +25,10 @@ lazypull=$target/release/lazypull
 bash "$root/tests/gohelper/build.sh" "$work/gohelper"
 
 echo "making the layer from $src_dir" >&2
-tar -C "$(dirname "$src_dir")" --sort=name --mtime=@1600000000 --owner=0 --group=0 --numeric-owner \
-    -cf "$work/layer.tar" "$(basename "$src_dir")"
+make_layer_tar "$src_dir" "$work/layer.tar"
 size=$(stat -c %s "$work/layer.tar")
 
-# A one-layer OCI layout around the uncompressed tar, so both tools start from the same bytes.
-python3 - "$work/layer.tar" "$work/in" <<'EOF'
-import hashlib, json, os, shutil, sys
-tar, out = sys.argv[1], sys.argv[2]
-blobs = os.path.join(out, "blobs", "sha256"); os.makedirs(blobs)
-def put(data=None, path=None):
-    h = hashlib.sha256()
-    if path:
-        with open(path, "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-        d = h.hexdigest(); shutil.copy(path, os.path.join(blobs, d)); return d, os.path.getsize(path)
-    h.update(data); d = h.hexdigest()
-    open(os.path.join(blobs, d), "wb").write(data); return d, len(data)
-ld, ls = put(path=tar)
-cfg = json.dumps({"architecture": "amd64", "os": "linux",
-                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + ld]}}).encode()
-cd, cs = put(cfg)
-man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + cd, "size": cs},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + ld, "size": ls}]}).encode()
-md, ms = put(man)
-json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": "sha256:" + md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "b"}}]},
-    open(os.path.join(out, "index.json"), "w"))
-open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-EOF
+layout_from_tar "$work/layer.tar" "$work/in"
 
 now() { date +%s.%N; }
 rows=""
