@@ -1,10 +1,28 @@
 //! lazypull-fuse: the lazy filesystem.
 //!
-//! It will serve converted layers (eStargz, EROFS) through FUSE, fetching chunks on demand through
-//! the readers of [`lazypull_converter`], verifying every chunk before it is cached or served.
-//! Nothing is implemented yet: the lazy mount is its own issue.
+//! [`fs::LayerFs`] serves one converted layer through FUSE: a [`fs::LayerTree`] gives the
+//! read-only view ([`fs::EstargzTree`] over an eStargz TOC, [`fs::ErofsTree`] over an EROFS
+//! image), and [`fs::mount`] serves it from background threads. Every chunk is verified by the
+//! readers of [`lazypull_converter`] before a byte of it is served; what fails verification
+//! reads as `EIO`. [`cache::ChunkCache`] keeps verified chunks on disk, content-addressed and
+//! bounded; the on-demand fetcher will sit behind [`fs::ChunkSource`] and the readers'
+//! [`converter::BlobRead`].
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use lazypull_fuse::converter::{estargz::EstargzReader, FileBlob};
+//! use lazypull_fuse::fs::{mount, EstargzTree, MountOptions};
+//! let reader = EstargzReader::open(FileBlob::open("layer.stargz".as_ref())?, None)?;
+//! let handle = mount(EstargzTree::new(reader)?, "/mnt/layer".as_ref(), &MountOptions::default())?;
+//! // … use /mnt/layer, e.g. as an overlayfs lowerdir …
+//! handle.unmount()?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cache;
+pub mod fs;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
+pub use fs::{mount, LayerFs, LayerTree, MountHandle, MountOptions};
 pub use lazypull_converter as converter;

@@ -1,0 +1,414 @@
+//! The FUSE filesystem of one layer: [`LayerFs`] serves a [`LayerTree`] through `fuser`.
+//!
+//! - `tree`: the [`LayerTree`] abstraction ([`Ino`], [`Attr`], [`FsError`]).
+//! - `estargz`: [`EstargzTree`], an in-memory inode table over an eStargz TOC, reading chunks
+//!   through a [`ChunkSource`].
+//! - `erofs`: [`ErofsTree`], an EROFS image read on demand.
+//! - `mount`: [`mount`] in background threads, [`MountHandle`], [`unmount`].
+//!
+//! Content is immutable, so the kernel is told to cache everything for long ([`MountOptions::ttl`]):
+//! entries, negative lookups, attributes, pages (`FOPEN_KEEP_CACHE`), directory listings
+//! (`FOPEN_CACHE_DIR`) and symlinks. Errors become an errno in exactly one place, [`errno`];
+//! data that fails verification is `EIO`, and is logged naming the layer, inode and offset.
+//!
+//! Reads are answered synchronously on the FUSE thread that received them; several threads
+//! (one `/dev/fuse` clone each) keep a slow read from blocking metadata. Replying from other
+//! threads comes with the fetcher, which will own the waiting.
+
+mod erofs;
+mod estargz;
+mod mount;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+use lazypull_converter::Error;
+
+pub use erofs::ErofsTree;
+pub use estargz::{ChunkSource, EstargzTree, ReaderChunks};
+pub use mount::{mount, unmount, MountError, MountHandle, MountOptions};
+pub use tree::{Attr, DirEntry, FileKind, FsError, FsResult, Ino, LayerTree, StatFs};
+
+/// The errno the kernel gets for `err`: the one place internal errors become errnos.
+///
+/// Anything wrong with the layer's bytes (a digest mismatch, an I/O or fetch failure, a
+/// malformed blob) is `EIO`: the caller cannot do better than retry or give up.
+pub fn errno(err: &FsError) -> Errno {
+    match err {
+        FsError::NoInode(_) => Errno::ENOENT,
+        FsError::NotDir(_) => Errno::ENOTDIR,
+        FsError::IsDir(_) => Errno::EISDIR,
+        FsError::WrongKind(..) => Errno::EINVAL,
+        FsError::Layer { source, .. } => match source.root() {
+            Error::DigestMismatch { .. }
+            | Error::Io { .. }
+            | Error::Format(_)
+            | Error::Unsupported(_)
+            | Error::Invalid(_)
+            | Error::Context { .. } => Errno::EIO,
+        },
+    }
+}
+
+/// A [`LayerTree`] served through FUSE. Mount it with [`mount`].
+pub struct LayerFs<T: LayerTree> {
+    tree: T,
+    ttl: Duration,
+    /// Listings of open directories by handle, so paging through a directory with offsets
+    /// reads it once.
+    dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
+    next_handle: AtomicU64,
+}
+
+impl<T: LayerTree> LayerFs<T> {
+    /// Serve `tree`, letting the kernel cache entries and attributes for `ttl`.
+    pub fn new(tree: T, ttl: Duration) -> Self {
+        LayerFs {
+            tree,
+            ttl,
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    /// The tree served.
+    pub fn tree(&self) -> &T {
+        &self.tree
+    }
+
+    /// The errno for a failed `op`, logging layer failures (which the caller sees only as EIO).
+    fn fail(&self, op: &str, ino: Ino, offset: Option<u64>, err: &FsError) -> Errno {
+        let e = errno(err);
+        if e == Errno::EIO {
+            tracing::error!(
+                layer = %self.tree.describe(),
+                op,
+                ino = ino.0,
+                offset,
+                error = %err,
+                "layer read failed"
+            );
+        }
+        e
+    }
+
+    fn file_attr(&self, ino: Ino) -> FsResult<FileAttr> {
+        self.tree.getattr(ino).map(|a| file_attr(&a))
+    }
+
+    fn listing(&self, ino: Ino, fh: FileHandle) -> FsResult<Arc<[DirEntry]>> {
+        let open = self.lock_dirs().get(&fh.0).cloned();
+        match open {
+            Some(l) => Ok(l),
+            // Not opened through us (should not happen): list afresh.
+            None => self.tree.readdir(ino).map(Arc::from),
+        }
+    }
+
+    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<[DirEntry]>>> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Dir => FileType::Directory,
+        FileKind::Reg => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Char => FileType::CharDevice,
+        FileKind::Block => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+/// Seconds and nanoseconds since the epoch (before it for negative `secs`) as a `SystemTime`.
+fn system_time(secs: i64, nsec: u32) -> SystemTime {
+    let whole = Duration::from_secs(secs.unsigned_abs());
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(whole)
+    } else {
+        UNIX_EPOCH.checked_sub(whole)
+    };
+    t.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec.min(999_999_999)))))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// `(major, minor)` as the kernel's 32-bit `new_encode_dev` packs it into `fuse_attr.rdev`.
+fn encode_dev((major, minor): (u32, u32)) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let mtime = system_time(a.mtime, a.mtime_nsec);
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.blocks,
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: encode_dev(a.rdev),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// The attributes of a negative lookup reply: inode 0 tells the kernel to cache the absence.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each on its own: a kernel lacking one still gets the others.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::debug!(?cap, "kernel lacks FUSE capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = ino(parent);
+        let found = self
+            .tree
+            .lookup(parent, name.as_bytes())
+            .and_then(|child| child.map(|c| self.file_attr(c)).transpose());
+        match found {
+            Ok(Some(attr)) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
+            Err(e) => reply.error(self.fail("lookup", parent, None, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.file_attr(ino(i)) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(self.fail("getattr", ino(i), None, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        match self.tree.readlink(ino(i)) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(self.fail("readlink", ino(i), None, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.getattr(ino(i)) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(self.fail("open", ino(i), None, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.tree.read(ino(i), offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(self.fail("read", ino(i), Some(offset), &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.readdir(ino(i)) {
+            Ok(list) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.lock_dirs().insert(fh, Arc::from(list));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
+            }
+            Err(e) => reply.error(self.fail("opendir", ino(i), None, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.listing(ino(i), fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(self.fail("readdir", ino(i), Some(offset), &e)),
+        };
+        for (n, d) in list.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&d.name);
+            if reply.add(INodeNo(d.ino.0), n as u64 + 1, file_type(d.kind), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.listing(ino(i), fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(self.fail("readdirplus", ino(i), Some(offset), &e)),
+        };
+        for (n, d) in list.iter().enumerate().skip(offset as usize) {
+            let attr = match self.file_attr(d.ino) {
+                Ok(a) => a,
+                Err(e) => return reply.error(self.fail("readdirplus", d.ino, None, &e)),
+            };
+            let name = OsStr::from_bytes(&d.name);
+            if reply.add(
+                INodeNo(d.ino.0),
+                n as u64 + 1,
+                name,
+                &self.ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.lock_dirs().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        let s = self.tree.statfs();
+        reply.statfs(
+            s.blocks,
+            0,
+            0,
+            s.files,
+            0,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.tree.getxattr(ino(i), name.as_bytes()) {
+            Ok(Some(value)) => reply_sized(reply, size, &value),
+            Ok(None) => reply.error(Errno::NO_XATTR),
+            Err(e) => reply.error(self.fail("getxattr", ino(i), None, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.tree.xattrs(ino(i)) {
+            Ok(all) => {
+                let mut names = Vec::new();
+                for (name, _) in all {
+                    names.extend_from_slice(&name);
+                    names.push(0);
+                }
+                reply_sized(reply, size, &names);
+            }
+            Err(e) => reply.error(self.fail("listxattr", ino(i), None, &e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are the kernel's business (`default_permissions`); only writes are
+        // refused here, and missing inodes.
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.getattr(ino(i)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(self.fail("access", ino(i), None, &e)),
+        }
+    }
+}
+
+/// The xattr size-probe protocol: `size` 0 asks for the length; too small a buffer is ERANGE.
+fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
+    let Ok(len) = u32::try_from(value.len()) else {
+        return reply.error(Errno::E2BIG);
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

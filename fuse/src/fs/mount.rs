@@ -1,0 +1,178 @@
+//! Mounting a [`LayerFs`] in background threads, and unmounting it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+use super::{LayerFs, LayerTree};
+
+/// How to mount a layer.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let every user in (`allow_other`): root and overlayfs need it when the server runs as
+    /// another user, and containers run as any user.
+    pub allow_other: bool,
+    /// Let the kernel check permissions against the attributes (`default_permissions`).
+    pub default_permissions: bool,
+    /// The mount's source in `/proc/mounts`.
+    pub fsname: String,
+    /// The type shown as `fuse.<subtype>`.
+    pub subtype: Option<String>,
+    /// FUSE worker threads, each with its own `/dev/fuse` clone.
+    pub threads: usize,
+    /// How long the kernel may cache entries and attributes; content never changes.
+    pub ttl: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        MountOptions {
+            allow_other: true,
+            default_permissions: true,
+            fsname: "lazypull".into(),
+            subtype: Some("lazypull".into()),
+            threads: cpus.clamp(2, 8),
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Mounting or unmounting failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct MountError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+impl MountError {
+    fn new(what: &'static str, path: &Path, source: io::Error) -> Self {
+        MountError {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The underlying I/O error.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+}
+
+/// A mounted layer, served by background threads. Dropping it unmounts (lazily if busy).
+#[must_use = "dropping the handle unmounts the layer"]
+pub struct MountHandle {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .field("mounted", &self.session.is_some())
+            .finish()
+    }
+}
+
+/// Mount `tree` read-only at `mountpoint` and serve it from background threads until the
+/// returned handle is unmounted or dropped.
+pub fn mount<T: LayerTree + 'static>(
+    tree: T,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<MountHandle, MountError> {
+    let mut options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::FSName(opts.fsname.clone()),
+    ];
+    if let Some(subtype) = &opts.subtype {
+        // As a kernel option: the pure-Rust mount passes only those to mount(2).
+        options.push(MountOption::CUSTOM(format!("subtype={subtype}")));
+    }
+    if opts.default_permissions {
+        options.push(MountOption::DefaultPermissions);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let fs = LayerFs::new(tree, opts.ttl);
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .map_err(|e| MountError::new("mounting", mountpoint, e))?;
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl MountHandle {
+    /// Where the layer is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmount and wait for the server threads to end. A busy mount is an error (and stays
+    /// mounted until the handle is dropped, which detaches it).
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.unmount_now()
+    }
+
+    fn unmount_now(&mut self) -> Result<(), MountError> {
+        match self.session.take() {
+            Some(session) => session
+                .umount_and_join()
+                .map_err(|e| MountError::new("unmounting", &self.mountpoint, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_now() {
+            tracing::warn!(error = %e, "unmount failed; detaching instead");
+            if let Err(e) = unmount(&self.mountpoint) {
+                tracing::warn!(error = %e, "detaching failed");
+            }
+        }
+    }
+}
+
+/// Detach whatever is mounted at `path` (`umount2(MNT_DETACH)`): for mounts left behind by a
+/// server that died. The kernel finishes the unmount once the last user is gone.
+pub fn unmount(path: &Path) -> Result<(), MountError> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        MountError::new(
+            "detaching",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
+        )
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        return Err(MountError::new(
+            "detaching",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
