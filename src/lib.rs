@@ -3,11 +3,14 @@
 //! - [`run_convert`]: `lazypull convert`, a wrapper around
 //!   [`lazypull_converter::convert::convert`] with a progress bar, per-layer summaries on stderr
 //!   and an optional JSON report on stdout.
+//! - [`run_mount`] / [`run_umount`]: `lazypull mount` and `lazypull umount`, serving converted
+//!   layers through FUSE with every chunk verified and cached.
 //! - [`run_demo`]: `lazypull demo`, which builds the sample image, converts it to eStargz and
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
 
 mod demo;
+mod mount;
 mod progress;
 
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use anyhow::{Context, Result};
 use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
 
 pub use demo::{run_demo, DemoArgs};
+pub use mount::{run_mount, run_umount, MountArgs};
 
 /// Output layer format chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use lazypull::{ConvertArgs, DemoArgs, OutputFormat};
+use lazypull::{ConvertArgs, DemoArgs, MountArgs, OutputFormat};
 
 /// Lazy-pull container images: convert OCI images into seekable eStargz or EROFS layers whose
 /// files can be fetched on demand, so containers start before their image is downloaded.
@@ -31,6 +31,22 @@ enum Command {
     /// succeeded.
     #[command(verbatim_doc_comment)]
     Convert(ConvertCmd),
+    /// Mount a converted layer, or a whole image as a read-only overlay, fetching and
+    /// verifying chunks only as they are read.
+    ///
+    /// Example: lazypull mount oci:./app-esgz:1.0 /mnt/app
+    ///
+    /// SOURCE: a blob file (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with
+    /// overlayfs; `--layer DIGEST` for one). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    #[command(verbatim_doc_comment)]
+    Mount(MountCmd),
+    /// Unmount what `lazypull mount` serves; the server then exits.
+    ///
+    /// Example: lazypull umount /mnt/app
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
     /// Build a small sample image, convert it, verify it and print what happened.
     ///
     /// Example: lazypull demo --keep ./demo-out
@@ -94,6 +110,44 @@ struct ConvertCmd {
 }
 
 #[derive(clap::Args, Debug)]
+struct MountCmd {
+    /// A converted layer blob file, or `oci:DIR[:TAG]`.
+    source: String,
+    /// Where to mount (created if missing).
+    mountpoint: PathBuf,
+    /// Mount only this layer of the image.
+    ///
+    /// Example: --layer sha256:0123…
+    #[arg(long)]
+    layer: Option<String>,
+    /// The platform to mount from a multi-platform image, as OS/ARCH[/VARIANT].
+    ///
+    /// Example: --platform linux/amd64
+    #[arg(long)]
+    platform: Option<String>,
+    /// Trust anchor of a single layer: the eStargz TOC digest, or the EROFS chunk-index digest.
+    /// Images carry it in their layer annotations.
+    ///
+    /// Example: --toc-digest sha256:0123…
+    #[arg(long)]
+    toc_digest: Option<String>,
+    /// Serve a layer without a trust anchor (its chunks are still checked against its own,
+    /// unverified, TOC or index).
+    #[arg(long)]
+    insecure_skip_verify: bool,
+    /// The chunk cache directory, shared by every mount (chunks are content-addressed).
+    ///
+    /// Example: --cache-dir /var/cache/lazypull (default: $XDG_CACHE_HOME/lazypull or ~/.cache/lazypull)
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The most bytes the chunk cache keeps on disk; least recently used chunks go first.
+    ///
+    /// Example: --cache-size 10737418240 (10 GiB, the default)
+    #[arg(long, default_value_t = 10 << 30)]
+    cache_size: u64,
+}
+
+#[derive(clap::Args, Debug)]
 struct DemoCmd {
     /// Keep the sample and converted images in this directory instead of a temporary one.
     #[arg(long)]
@@ -134,6 +188,17 @@ fn main() -> ExitCode {
             json: c.json,
             progress: !c.no_progress,
         }),
+        Command::Mount(m) => lazypull::run_mount(MountArgs {
+            source: m.source,
+            mountpoint: m.mountpoint,
+            layer: m.layer,
+            platform: m.platform,
+            toc_digest: m.toc_digest,
+            insecure_skip_verify: m.insecure_skip_verify,
+            cache_dir: m.cache_dir,
+            cache_size: m.cache_size,
+        }),
+        Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),
     };
     match result {

@@ -28,5 +28,9 @@ mod realistic;
 /// against the erofs-image-spec, overlay stacks, prefetch layout, reproducibility, refusals.
 mod erofs;
 
+/// `lazypull mount` of converted images through FUSE and overlayfs, `lazypull umount`, warm
+/// cache remounts, refusal without a trust anchor.
+mod mount;
+
 /// The command line: help texts and `lazypull demo`.
 mod cli;

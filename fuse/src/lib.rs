@@ -22,7 +22,9 @@
 
 pub mod cache;
 pub mod fs;
+pub mod layer;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
 pub use fs::{mount, LayerFs, LayerTree, MountHandle, MountOptions};
+pub use layer::{open_layer, LayerFormat, LayerHints, OpenedLayer};
 pub use lazypull_converter as converter;

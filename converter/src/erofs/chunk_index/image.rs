@@ -16,6 +16,19 @@ pub const MAX_CHUNK_LEN: u64 = 64 << 20;
 /// How many decompressed chunks a [`ChunkedImage`] keeps.
 const CACHE_CHUNKS: usize = 8;
 
+/// A keeper of verified on-blob chunk bytes, keyed by their SHA-256 checksum, shared between
+/// reads, mounts and layers (identical chunks are stored once). Implemented by the lazy
+/// filesystem's disk cache.
+pub trait ChunkStore: Send + Sync {
+    /// The bytes whose SHA-256 is `digest`: kept ones, or `fetch`ed ones, which the store must
+    /// verify against `digest` before keeping or returning them.
+    fn get_or_fetch(
+        &self,
+        digest: &Digest,
+        fetch: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<Arc<[u8]>>;
+}
+
 /// The uncompressed image of a chunk-indexed blob, as a [`BlobRead`] of
 /// [`ChunkIndex::uncompressed_size`] bytes.
 ///
@@ -28,6 +41,8 @@ pub struct ChunkedImage<B: BlobRead> {
     index_start: u64,
     /// Recently used chunks, most recent first.
     cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    /// Where fetched on-blob bytes are kept across reads and mounts, if anywhere.
+    store: Option<Arc<dyn ChunkStore>>,
 }
 
 impl<B: BlobRead> ChunkedImage<B> {
@@ -38,7 +53,14 @@ impl<B: BlobRead> ChunkedImage<B> {
             index,
             index_start,
             cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
+            store: None,
         }
+    }
+
+    /// Keep fetched chunks in `store` (only chunks the index gives a checksum for).
+    pub fn with_store(mut self, store: Arc<dyn ChunkStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The chunk index.
@@ -79,23 +101,33 @@ impl<B: BlobRead> ChunkedImage<B> {
                  {MAX_CHUNK_LEN} this reader holds at once"
             )));
         }
-        let bytes = self
-            .blob
-            .read_vec(stored.start, stored_len)
-            .context(&what)?;
-        if let Some(expected) = self.index.entries()[i].checksum {
-            let actual = Digest::of(&bytes);
-            if *actual.as_bytes() != expected {
-                return Err(Error::DigestMismatch {
-                    what: "checksum".into(),
-                    expected: Digest::from_bytes(expected).to_string(),
-                    actual: actual.to_string(),
+        let checksum = self.index.entries()[i].checksum.map(Digest::from_bytes);
+        let bytes: Arc<[u8]> = match (&self.store, checksum) {
+            // The store verifies what it fetches against the checksum.
+            (Some(store), Some(digest)) => store
+                .get_or_fetch(&digest, &mut || self.blob.read_vec(stored.start, stored_len))
+                .context(&what)?,
+            _ => {
+                let bytes = self
+                    .blob
+                    .read_vec(stored.start, stored_len)
+                    .context(&what)?;
+                if let Some(expected) = checksum {
+                    let actual = Digest::of(&bytes);
+                    if actual != expected {
+                        return Err(Error::DigestMismatch {
+                            what: "checksum".into(),
+                            expected: expected.to_string(),
+                            actual: actual.to_string(),
+                        }
+                        .context(what));
+                    }
                 }
-                .context(what));
+                bytes.into()
             }
-        }
+        };
         match self.index.compression {
-            CHUNK_COMPRESSION_NONE => Ok(bytes),
+            CHUNK_COMPRESSION_NONE => Ok(bytes.to_vec()),
             CHUNK_COMPRESSION_ZSTD => decompress_frame(&bytes, len).context(what),
             other => Err(Error::Unsupported(format!(
                 "{what}: compression type {other}"

@@ -35,7 +35,7 @@ mod tests;
 #[cfg(feature = "write")]
 mod wrap;
 
-pub use image::{ChunkedImage, MAX_CHUNK_LEN};
+pub use image::{ChunkStore, ChunkedImage, MAX_CHUNK_LEN};
 #[cfg(feature = "write")]
 pub use wrap::{ChunkedWriter, WrappedBlob};
 

@@ -1,0 +1,195 @@
+//! Opening one converted layer for serving: find its format, check its trust anchor, and put
+//! the chunk cache between the FUSE server and the blob.
+//!
+//! The trust anchor is the eStargz TOC digest (the `containerd.io/snapshot/stargz/toc.digest`
+//! annotation or `--toc-digest`) or the EROFS chunk-index digest (`org.erofs.chunk-index.digest`
+//! or `--toc-digest`). Every chunk is then checked against the digest the trusted TOC or index
+//! gives it before a byte of it is cached or served. Without an anchor a layer opens only when
+//! the caller asked for `insecure_skip_verify`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lazypull_converter::erofs::chunk_index::{
+    parse_range_annotation, read_embedded_index, ChunkStore, ChunkedImage,
+};
+use lazypull_converter::erofs::format as erofs_format;
+use lazypull_converter::erofs::ErofsReader;
+use lazypull_converter::estargz::format as estargz_format;
+use lazypull_converter::estargz::{ChunkRef, EstargzReader, FileEntry};
+use lazypull_converter::{BlobRead, Digest, Error, Result};
+
+use crate::cache::ChunkCache;
+use crate::fs::{ChunkSource, ErofsTree, EstargzTree, LayerTree};
+
+/// A shared, type-erased blob.
+pub type SharedBlob = Arc<dyn BlobRead>;
+
+/// What is known about a layer besides its bytes.
+#[derive(Clone, Debug, Default)]
+pub struct LayerHints {
+    /// A name for messages (the layer digest, file path or URL).
+    pub name: String,
+    /// The descriptor's media type, when the layer came from an image.
+    pub media_type: Option<String>,
+    /// The descriptor's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// A digest given on the command line: the eStargz TOC digest or the EROFS chunk-index digest.
+    pub trusted_digest: Option<Digest>,
+    /// Serve without a trust anchor (chunks are still checked against the unverified TOC/index).
+    pub insecure_skip_verify: bool,
+}
+
+/// The layer's format, as found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerFormat {
+    Estargz,
+    Erofs,
+}
+
+/// An opened layer: the tree to serve and what it is.
+pub struct OpenedLayer {
+    pub tree: Arc<dyn LayerTree>,
+    pub format: LayerFormat,
+    /// Compressed bytes of the prefetch region (`[0, end)` of the blob), when the layer has one.
+    pub prefetch_end: Option<u64>,
+}
+
+/// Open `blob` as an eStargz/zstd:chunked or EROFS layer, verified as [`LayerHints`] says.
+pub fn open_layer(
+    blob: SharedBlob,
+    hints: &LayerHints,
+    cache: Option<Arc<ChunkCache>>,
+) -> Result<OpenedLayer> {
+    let erofs_range = hints
+        .annotations
+        .get(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)
+        .or_else(|| {
+            hints
+                .annotations
+                .get(erofs_format::ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE)
+        });
+    let is_erofs_type = hints
+        .media_type
+        .as_deref()
+        .is_some_and(|m| m.starts_with(erofs_format::MEDIA_TYPE_EROFS));
+    if erofs_range.is_some() || is_erofs_type {
+        return open_erofs(blob, hints, erofs_range.map(String::as_str), cache)
+            .map_err(|e| e.context(format!("layer {}", hints.name)));
+    }
+    open_estargz(blob, hints, cache).map_err(|e| e.context(format!("layer {}", hints.name)))
+}
+
+fn open_estargz(
+    blob: SharedBlob,
+    hints: &LayerHints,
+    cache: Option<Arc<ChunkCache>>,
+) -> Result<OpenedLayer> {
+    let annotated = hints
+        .annotations
+        .get(estargz_format::ANNOTATION_TOC_DIGEST)
+        .map(|s| s.parse::<Digest>())
+        .transpose()?;
+    let anchor = hints.trusted_digest.or(annotated);
+    if anchor.is_none() && !hints.insecure_skip_verify {
+        return Err(Error::Invalid(
+            "no TOC digest to verify the layer against: give --toc-digest, mount from an image \
+             whose descriptor has the containerd.io/snapshot/stargz/toc.digest annotation, or \
+             pass --insecure-skip-verify"
+                .into(),
+        ));
+    }
+    let reader = Arc::new(EstargzReader::open(blob, anchor.as_ref())?);
+    let prefetch_end = reader.prefetch_end();
+    let source: Arc<dyn ChunkSource> = match cache {
+        Some(cache) => Arc::new(CachedChunks {
+            reader: Arc::clone(&reader),
+            cache,
+        }),
+        None => Arc::new(crate::fs::ReaderChunks::new(Arc::clone(&reader))),
+    };
+    let tree = EstargzTree::with_chunk_source(reader, source)?.with_name(hints.name.clone());
+    Ok(OpenedLayer {
+        tree: Arc::new(tree),
+        format: LayerFormat::Estargz,
+        prefetch_end,
+    })
+}
+
+fn open_erofs(
+    blob: SharedBlob,
+    hints: &LayerHints,
+    range: Option<&str>,
+    cache: Option<Arc<ChunkCache>>,
+) -> Result<OpenedLayer> {
+    let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
+    let range = range.ok_or_else(|| {
+        Error::Invalid(format!(
+            "no {} annotation: the chunk index cannot be found",
+            erofs_format::ANNOTATION_CHUNK_INDEX_RANGE
+        ))
+    })?;
+    let annotated = hints
+        .annotations
+        .get(erofs_format::ANNOTATION_CHUNK_INDEX_DIGEST)
+        .map(|s| s.parse::<Digest>())
+        .transpose()?;
+    let anchor = hints.trusted_digest.or(annotated);
+    if anchor.is_none() && !hints.insecure_skip_verify {
+        return Err(Error::Invalid(
+            "no chunk-index digest to verify the layer against: give --toc-digest, mount from \
+             an image whose descriptor has the org.erofs.chunk-index.digest annotation, or pass \
+             --insecure-skip-verify"
+                .into(),
+        ));
+    }
+    let (index, start) =
+        read_embedded_index(&blob, zstd, parse_range_annotation(range)?, anchor.as_ref())?;
+    let prefetch_end = hints
+        .annotations
+        .get(erofs_format::ANNOTATION_LAZYPULL_PREFETCH_RANGE)
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(_, end)| end.parse::<u64>().ok());
+    let mut image = ChunkedImage::new(blob, index, start);
+    if let Some(cache) = cache {
+        image = image.with_store(Arc::new(CacheStore(cache)));
+    }
+    let reader = ErofsReader::open(image)?;
+    Ok(OpenedLayer {
+        tree: Arc::new(ErofsTree::new(reader, hints.name.clone())),
+        format: LayerFormat::Erofs,
+        prefetch_end,
+    })
+}
+
+/// eStargz chunks through the cache: keyed by their `chunkDigest` (of the uncompressed bytes),
+/// fetched and verified by the reader on a miss, verified again by the cache before keeping.
+struct CachedChunks<B: BlobRead> {
+    reader: Arc<EstargzReader<B>>,
+    cache: Arc<ChunkCache>,
+}
+
+impl<B: BlobRead> ChunkSource for CachedChunks<B> {
+    fn chunk(&self, _file: &FileEntry, chunk: &ChunkRef) -> Result<Arc<[u8]>> {
+        match chunk.digest {
+            Some(d) => self
+                .cache
+                .get_or_fetch(&d, || self.reader.read_chunk(chunk)),
+            // Unverifiable chunks (insecure legacy layers) are never cached.
+            None => Ok(self.reader.read_chunk(chunk)?.into()),
+        }
+    }
+}
+
+/// EROFS frames through the cache, keyed by the sha256 of their on-blob bytes.
+struct CacheStore(Arc<ChunkCache>);
+
+impl ChunkStore for CacheStore {
+    fn get_or_fetch(
+        &self,
+        digest: &Digest,
+        fetch: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<Arc<[u8]>> {
+        self.0.get_or_fetch(digest, fetch)
+    }
+}

@@ -1,0 +1,253 @@
+//! `lazypull mount` and `lazypull umount`: serve converted layers lazily through FUSE.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
+use lazypull_converter::{BlobRead, Digest, FileBlob};
+use lazypull_fuse::cache::{CacheOptions, ChunkCache};
+use lazypull_fuse::layer::{open_layer, LayerHints, SharedBlob};
+use lazypull_fuse::{mount, MountHandle, MountOptions};
+
+/// Arguments of `lazypull mount`.
+#[derive(Clone, Debug)]
+pub struct MountArgs {
+    pub source: String,
+    pub mountpoint: PathBuf,
+    /// Only this layer of an image (`sha256:…`).
+    pub layer: Option<String>,
+    /// The platform of a multi-platform image (default: the first manifest).
+    pub platform: Option<String>,
+    pub toc_digest: Option<String>,
+    pub insecure_skip_verify: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_size: u64,
+}
+
+/// One layer to serve.
+struct LayerToMount {
+    blob: SharedBlob,
+    hints: LayerHints,
+}
+
+/// `lazypull mount SOURCE MOUNTPOINT`: mount, serve until Ctrl-C, SIGTERM or `lazypull umount`,
+/// then unmount and print the cache statistics.
+pub fn run_mount(args: MountArgs) -> Result<()> {
+    let trusted = args
+        .toc_digest
+        .as_deref()
+        .map(str::parse::<Digest>)
+        .transpose()?;
+    let layers = resolve_source(&args, trusted)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let cache = Arc::new(
+        ChunkCache::open(CacheOptions::new(&cache_dir, args.cache_size))
+            .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
+    );
+    std::fs::create_dir_all(&args.mountpoint)
+        .with_context(|| format!("creating {}", args.mountpoint.display()))?;
+    // A mount left by a crashed server answers ENOTCONN: clear it before mounting again.
+    clear_stale_mount(&args.mountpoint);
+
+    let mut handles: Vec<MountHandle> = Vec::new();
+    let mut overlay: Option<PathBuf> = None;
+    let staging = args.mountpoint.with_file_name(format!(
+        ".{}.lazypull-layers",
+        args.mountpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let opts = MountOptions::default();
+    if layers.len() == 1 {
+        let l = layers.into_iter().next().expect("one layer");
+        let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
+        handles.push(mount(opened.tree, &args.mountpoint, &opts)?);
+    } else {
+        // Each layer on its own mount, stacked read-only by overlayfs (top layer first).
+        let mut lower = Vec::new();
+        for (i, l) in layers.into_iter().enumerate() {
+            let dir = staging.join(i.to_string());
+            clear_stale_mount(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
+            handles.push(mount(opened.tree, &dir, &opts)?);
+            lower.push(dir.display().to_string());
+        }
+        lower.reverse();
+        let data = format!("lowerdir={}", lower.join(":"));
+        mount_overlay(&args.mountpoint, &data)?;
+        overlay = Some(args.mountpoint.clone());
+    }
+    eprintln!(
+        "lazypull: serving {} at {} (Ctrl-C or `lazypull umount {}` to stop)",
+        args.source,
+        args.mountpoint.display(),
+        args.mountpoint.display()
+    );
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the signal handler")?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // `lazypull umount` (or a plain umount) took the mount away: stop serving.
+                if !is_mountpoint(&args.mountpoint) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if let Some(path) = overlay.filter(|p| is_mountpoint(p)) {
+        let _ = umount(&path);
+    }
+    for h in handles {
+        let _ = h.unmount();
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    let stats = cache.stats();
+    eprintln!("lazypull: unmounted {}; cache: {stats:?}", args.mountpoint.display());
+    Ok(())
+}
+
+/// `lazypull umount MOUNTPOINT`.
+pub fn run_umount(mountpoint: &Path) -> Result<()> {
+    if !is_mountpoint(mountpoint) {
+        bail!("{} is not mounted", mountpoint.display());
+    }
+    umount(mountpoint).or_else(|_| {
+        lazypull_fuse::fs::unmount(mountpoint)
+            .with_context(|| format!("unmounting {}", mountpoint.display()))
+    })
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("lazypull");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("lazypull"),
+        None => PathBuf::from("/var/cache/lazypull"),
+    }
+}
+
+/// The layers SOURCE names: a blob file, or an OCI layout's image (one layer with `--layer`).
+fn resolve_source(args: &MountArgs, trusted: Option<Digest>) -> Result<Vec<LayerToMount>> {
+    if !args.source.starts_with("oci:") {
+        let path = PathBuf::from(&args.source);
+        let blob: SharedBlob = Arc::new(FileBlob::open(&path)?);
+        return Ok(vec![LayerToMount {
+            blob,
+            hints: LayerHints {
+                name: args.source.clone(),
+                trusted_digest: trusted,
+                insecure_skip_verify: args.insecure_skip_verify,
+                ..LayerHints::default()
+            },
+        }]);
+    }
+    let r: ImageRef = args.source.parse()?;
+    let source = oci::open_source(&r)?;
+    let root = source.root()?;
+    let manifest = match ImageNode::read(source.as_ref(), &root)? {
+        ImageNode::Manifest(m) => m,
+        ImageNode::Index(index) => {
+            let filter: Option<PlatformFilter> =
+                args.platform.as_deref().map(str::parse).transpose()?;
+            let desc: &Descriptor = index
+                .descriptors
+                .iter()
+                .filter(|d| media::is_manifest(&d.media_type) && !d.is_attestation())
+                .find(|d| match &filter {
+                    Some(f) => d.platform.as_ref().is_some_and(|p| f.matches(p)),
+                    None => true,
+                })
+                .context("no manifest in the index matches")?;
+            match ImageNode::read(source.as_ref(), desc)? {
+                ImageNode::Manifest(m) => m,
+                ImageNode::Index(_) => bail!("nested indexes are not supported"),
+            }
+        }
+    };
+    let wanted = args
+        .layer
+        .as_deref()
+        .map(str::parse::<Digest>)
+        .transpose()?;
+    let source: Arc<dyn oci::ImageSource> = Arc::from(source);
+    let mut out = Vec::new();
+    for l in &manifest.layers {
+        if wanted.is_some_and(|w| w != l.digest) {
+            continue;
+        }
+        let blob: SharedBlob = Arc::from(source.blob(l)?);
+        if blob.len() != l.size {
+            bail!("layer {}: blob size differs from its descriptor", l.digest);
+        }
+        out.push(LayerToMount {
+            blob,
+            hints: LayerHints {
+                name: l.digest.to_string(),
+                media_type: Some(l.media_type.clone()),
+                annotations: l.annotations.clone(),
+                trusted_digest: if wanted.is_some() { trusted } else { None },
+                insecure_skip_verify: args.insecure_skip_verify,
+            },
+        });
+    }
+    if out.is_empty() {
+        bail!("{}: no layer matches {:?}", args.source, args.layer);
+    }
+    Ok(out)
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        // A dead FUSE mount fails to stat: it is still in the mount table.
+        return std::fs::read_to_string("/proc/self/mounts")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == path.to_str()));
+    };
+    let target = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(1) == Some(target.as_str()))
+    })
+}
+
+fn clear_stale_mount(path: &Path) {
+    if is_mountpoint(path) && std::fs::metadata(path).is_err() {
+        tracing::warn!("{}: clearing a stale mount", path.display());
+        let _ = lazypull_fuse::fs::unmount(path);
+    }
+}
+
+fn mount_overlay(target: &Path, data: &str) -> Result<()> {
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("ro,{data}"))
+        .arg(target)
+        .status()
+        .context("running mount -t overlay")?;
+    if !status.success() {
+        bail!("mount -t overlay {} failed ({status})", target.display());
+    }
+    Ok(())
+}
+
+fn umount(path: &Path) -> Result<()> {
+    let status = std::process::Command::new("umount")
+        .arg(path)
+        .status()
+        .context("running umount")?;
+    if !status.success() {
+        bail!("umount {} failed ({status})", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `lazypull mount`: converted images served through FUSE, stacked by overlayfs, equal the
+//! source layers applied in order; `lazypull umount` stops the server; a second mount with the
+//! same cache fetches nothing it already has.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lazypull_converter::sample;
+
+use crate::util::tree::{compare, extract_layers_merged, snapshot, tar_names, without_markers};
+use crate::util::{is_root, lazypull, lazypull_bin, skip_unless};
+
+/// Why FUSE mounts cannot run here, if they cannot.
+fn fuse_support() -> Result<(), String> {
+    if !is_root() {
+        return Err("FUSE and overlay mounts need root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse".into());
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    for name in ["fuse", "overlay"] {
+        if !fs.lines().any(|l| l.split_whitespace().last() == Some(name)) {
+            return Err(format!("the kernel does not list `{name}`"));
+        }
+    }
+    Ok(())
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let path = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*path)))
+}
+
+/// A running `lazypull mount`; unmounted and reaped on drop, also when a test fails.
+struct Served {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl Served {
+    fn start(source: &str, mountpoint: &Path, cache: &Path) -> Served {
+        let child = Command::new(lazypull_bin())
+            .arg("mount")
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg(source)
+            .arg(mountpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lazypull mount");
+        let served = Served {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(mountpoint) {
+            assert!(Instant::now() < deadline, "{source} not mounted within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        served
+    }
+
+    /// `lazypull umount`, then the server must exit on its own, successfully; its stderr.
+    fn stop(mut self) -> String {
+        let out = lazypull(&[
+            "umount".to_string(),
+            self.mountpoint.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "lazypull umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit after umount");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "lazypull mount exited with {status}: {err}");
+        assert!(!is_mounted(&self.mountpoint), "still mounted after umount");
+        err
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The sample image's layers as uncompressed tars, bottom first.
+fn sample_tars(image: &sample::SampleImage) -> Vec<Vec<u8>> {
+    image
+        .layers
+        .iter()
+        .map(|l| {
+            let gz = std::fs::read(image.blob_path(&l.digest)).unwrap();
+            let mut tar = Vec::new();
+            flate2::read::MultiGzDecoder::new(&gz[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+            tar
+        })
+        .collect()
+}
+
+/// Read every file under `root` (what a workload touching everything does).
+fn read_everything(root: &Path) -> u64 {
+    let mut total = 0;
+    for (path, node) in snapshot(root) {
+        if node.kind == 'f' {
+            total += std::fs::read(root.join(path)).unwrap().len() as u64;
+        }
+    }
+    total
+}
+
+fn mount_image_matches_layers(format: &str) {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--format".into(),
+        format.into(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(
+        converted.status.success(),
+        "convert: {}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+
+    let tars = sample_tars(&image);
+    let refs: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+    let want_dir = tmp.path().join("want");
+    extract_layers_merged(&refs, &want_dir);
+    // Directory mtimes are not comparable: extracting a later layer into a directory bumps its
+    // mtime, and a layer that holds `a/b` without `a/` gets a synthesised `a` with mtime 0,
+    // which overlayfs shows above the lower layer's `a` (as every lazy snapshotter does).
+    let without_dir_mtimes = |mut t: crate::util::tree::Tree| {
+        for n in t.values_mut().filter(|n| n.kind == 'd') {
+            n.mtime = 0;
+            n.mtime_nsec = 0;
+        }
+        t
+    };
+    let want = without_dir_mtimes(snapshot(&want_dir));
+    let explicit: BTreeSet<String> = refs
+        .iter()
+        .flat_map(|t| without_markers(&tar_names(t)))
+        .collect();
+
+    let cache = tmp.path().join("cache");
+    let mnt = tmp.path().join("mnt");
+    let source = format!("oci:{}:t", out.display());
+    let served = Served::start(&source, &mnt, &cache);
+    let got = without_dir_mtimes(snapshot(&mnt));
+    let diff = compare(&want, &got, Some(&explicit));
+    assert!(
+        diff.0.is_empty(),
+        "{format}: the mounted image differs from the layers applied in order:\n{diff}"
+    );
+    let bytes = read_everything(&mnt);
+    assert!(bytes > 0);
+    let first = served.stop();
+    assert!(first.contains("misses: "), "no cache stats: {first}");
+
+    // The same image again, same cache: every chunk comes from the cache, none from the blob.
+    let served = Served::start(&source, &mnt, &cache);
+    assert_eq!(read_everything(&mnt), bytes);
+    let second = served.stop();
+    assert!(
+        second.contains("misses: 0,") && second.contains("fetches: 0,"),
+        "{format}: the warm mount fetched chunks again: {second}"
+    );
+}
+
+#[test]
+fn estargz_image_mounts_and_stacks() {
+    mount_image_matches_layers("estargz");
+}
+
+#[test]
+fn erofs_image_mounts_and_stacks() {
+    mount_image_matches_layers("erofs");
+}
+
+/// A layer mounted without any trust anchor is refused unless asked for.
+#[test]
+fn a_bare_blob_needs_a_digest_or_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(converted.status.success());
+    let blob = std::fs::read_dir(out.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let refused = lazypull(&[
+        "mount".to_string(),
+        blob.display().to_string(),
+        tmp.path().join("mnt").display().to_string(),
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--toc-digest") && err.contains("--insecure-skip-verify"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
