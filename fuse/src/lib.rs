@@ -5,8 +5,9 @@
 //! image), and [`fs::mount`] serves it from background threads. Every chunk is verified by the
 //! readers of [`lazypull_converter`] before a byte of it is served; what fails verification
 //! reads as `EIO`. [`cache::ChunkCache`] keeps verified chunks on disk, content-addressed and
-//! bounded; the on-demand fetcher will sit behind [`fs::ChunkSource`] and the readers'
-//! [`converter::BlobRead`].
+//! bounded; [`fetch::HttpBlob`] reads remote blobs by HTTP range requests (retries, timeouts,
+//! redirect caching, coalescing) as a [`converter::BlobRead`]; [`layer::open_layer`] puts them
+//! together for one layer.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,10 +22,12 @@
 //! ```
 
 pub mod cache;
+pub mod fetch;
 pub mod fs;
 pub mod layer;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
+pub use fetch::{FetchOptions, FetchStats, HttpBlob, RangeFetcher};
 pub use fs::{mount, LayerFs, LayerTree, MountHandle, MountOptions};
 pub use layer::{open_layer, LayerFormat, LayerHints, OpenedLayer};
 pub use lazypull_converter as converter;
