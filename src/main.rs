@@ -36,8 +36,9 @@ enum Command {
     ///
     /// Example: lazypull mount oci:./app-esgz:1.0 /mnt/app
     ///
-    /// SOURCE: a blob file (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with
-    /// overlayfs; `--layer DIGEST` for one). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    /// SOURCE: a blob file or an `http://`/`https://` URL of a blob on any server with Range
+    /// support (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with overlayfs;
+    /// `--layer DIGEST` for one). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
     #[command(verbatim_doc_comment)]
     Mount(MountCmd),
     /// Unmount what `lazypull mount` serves; the server then exits.
@@ -111,7 +112,7 @@ struct ConvertCmd {
 
 #[derive(clap::Args, Debug)]
 struct MountCmd {
-    /// A converted layer blob file, or `oci:DIR[:TAG]`.
+    /// A converted layer blob file or URL, or `oci:DIR[:TAG]`.
     source: String,
     /// Where to mount (created if missing).
     mountpoint: PathBuf,

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
 use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
+use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::layer::{open_layer, LayerHints, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
@@ -113,7 +114,10 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&staging);
     let stats = cache.stats();
-    eprintln!("lazypull: unmounted {}; cache: {stats:?}", args.mountpoint.display());
+    eprintln!(
+        "lazypull: unmounted {}; cache: {stats:?}",
+        args.mountpoint.display()
+    );
     Ok(())
 }
 
@@ -141,8 +145,13 @@ fn default_cache_dir() -> PathBuf {
 /// The layers SOURCE names: a blob file, or an OCI layout's image (one layer with `--layer`).
 fn resolve_source(args: &MountArgs, trusted: Option<Digest>) -> Result<Vec<LayerToMount>> {
     if !args.source.starts_with("oci:") {
-        let path = PathBuf::from(&args.source);
-        let blob: SharedBlob = Arc::new(FileBlob::open(&path)?);
+        let blob: SharedBlob =
+            if args.source.starts_with("http://") || args.source.starts_with("https://") {
+                let fetcher = RangeFetcher::new(FetchOptions::default())?;
+                Arc::new(HttpBlob::open(&fetcher, &args.source)?)
+            } else {
+                Arc::new(FileBlob::open(&PathBuf::from(&args.source))?)
+            };
         return Ok(vec![LayerToMount {
             blob,
             hints: LayerHints {

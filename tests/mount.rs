@@ -2,7 +2,7 @@
 //! source layers applied in order; `lazypull umount` stops the server; a second mount with the
 //! same cache fetches nothing it already has.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use lazypull_converter::sample;
 
+use crate::util::http::RangeServer;
 use crate::util::tree::{compare, extract_layers_merged, snapshot, tar_names, without_markers};
 use crate::util::{is_root, lazypull, lazypull_bin, skip_unless};
 
@@ -23,7 +24,10 @@ fn fuse_support() -> Result<(), String> {
     }
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     for name in ["fuse", "overlay"] {
-        if !fs.lines().any(|l| l.split_whitespace().last() == Some(name)) {
+        if !fs
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
+        {
             return Err(format!("the kernel does not list `{name}`"));
         }
     }
@@ -44,10 +48,15 @@ struct Served {
 
 impl Served {
     fn start(source: &str, mountpoint: &Path, cache: &Path) -> Served {
+        Served::start_with(&[], source, mountpoint, cache)
+    }
+
+    fn start_with(extra: &[&str], source: &str, mountpoint: &Path, cache: &Path) -> Served {
         let child = Command::new(lazypull_bin())
             .arg("mount")
             .arg("--cache-dir")
             .arg(cache)
+            .args(extra)
             .arg(source)
             .arg(mountpoint)
             .stdout(Stdio::null())
@@ -60,7 +69,10 @@ impl Served {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(mountpoint) {
-            assert!(Instant::now() < deadline, "{source} not mounted within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "{source} not mounted within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         served
@@ -68,10 +80,7 @@ impl Served {
 
     /// `lazypull umount`, then the server must exit on its own, successfully; its stderr.
     fn stop(mut self) -> String {
-        let out = lazypull(&[
-            "umount".to_string(),
-            self.mountpoint.display().to_string(),
-        ]);
+        let out = lazypull(&["umount".to_string(), self.mountpoint.display().to_string()]);
         assert!(
             out.status.success(),
             "lazypull umount: {}",
@@ -83,12 +92,23 @@ impl Served {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "the server did not exit after umount");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit after umount"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert!(status.success(), "lazypull mount exited with {status}: {err}");
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            status.success(),
+            "lazypull mount exited with {status}: {err}"
+        );
         assert!(!is_mounted(&self.mountpoint), "still mounted after umount");
         err
     }
@@ -237,4 +257,91 @@ fn a_bare_blob_needs_a_digest_or_insecure() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Over HTTP, reading one small file of a realistic layer fetches under 1% of the blob: the TOC
+/// and that file's chunk, nothing else. Its bytes equal the original file's.
+#[test]
+fn one_small_file_over_http_fetches_under_one_percent() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let tar = crate::realistic::realistic_tar(&work);
+    let src = tmp.path().join("src");
+    sample::write_oci_layout(&src, "t", &[sample::ImageLayer::tar(&tar, "realistic")]).unwrap();
+    drop(tar);
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--json".into(),
+        "--compression-level".into(),
+        "1".into(),
+        format!("oci:{}:t", src.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let layer = &report["manifests"][0]["layers"][0];
+    let digest = layer["digest"].as_str().unwrap();
+    let toc = layer["tocDigest"].as_str().unwrap();
+    let blob = out
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let blob_size = std::fs::metadata(&blob).unwrap().len();
+
+    let server = RangeServer::start(HashMap::from([("blob".to_string(), blob.clone())]));
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &["--toc-digest", toc],
+        &server.url("blob"),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    // Metadata comes from the TOC alone: find a small regular file without reading any data.
+    let small = walkdir_files(&mnt)
+        .into_iter()
+        .find(|(_, len)| (100..=8192).contains(len))
+        .expect("a small file in the realistic layer")
+        .0;
+    let data = std::fs::read(mnt.join(&small)).unwrap();
+    let original = std::fs::read(Path::new("/").join(&small)).unwrap();
+    assert_eq!(
+        data, original,
+        "{small}: served bytes differ from the original file"
+    );
+    let fetched = server.body_bytes();
+    served.stop();
+    assert!(
+        fetched * 100 < blob_size,
+        "reading `{small}` fetched {fetched} of {blob_size} bytes (≥ 1%)"
+    );
+}
+
+/// Regular files under `root` with their sizes, from metadata only.
+fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, meta.len()));
+            }
+        }
+    }
+    out
 }

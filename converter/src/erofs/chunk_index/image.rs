@@ -105,7 +105,9 @@ impl<B: BlobRead> ChunkedImage<B> {
         let bytes: Arc<[u8]> = match (&self.store, checksum) {
             // The store verifies what it fetches against the checksum.
             (Some(store), Some(digest)) => store
-                .get_or_fetch(&digest, &mut || self.blob.read_vec(stored.start, stored_len))
+                .get_or_fetch(&digest, &mut || {
+                    self.blob.read_vec(stored.start, stored_len)
+                })
                 .context(&what)?,
             _ => {
                 let bytes = self

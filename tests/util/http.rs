@@ -1,0 +1,157 @@
+//! A small HTTP/1.1 server on 127.0.0.1 that serves files with Range support and counts what it
+//! sends: the remote end of lazy mounts in the tests. It stops when dropped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the server has sent.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub body_bytes: AtomicU64,
+}
+
+/// A running server: `url(name)` of each file it serves.
+pub struct RangeServer {
+    port: u16,
+    pub counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RangeServer {
+    /// Serve `files` (URL path name → file, read once into memory) on a free loopback port.
+    pub fn start(files: HashMap<String, PathBuf>) -> RangeServer {
+        let files: HashMap<String, Arc<Vec<u8>>> = files
+            .into_iter()
+            .map(|(k, p)| (k, Arc::new(std::fs::read(p).unwrap())))
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&counters), Arc::clone(&stop));
+        let files = Arc::new(files);
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (c, f, s) = (Arc::clone(&c), Arc::clone(&files), Arc::clone(&s));
+                        std::thread::spawn(move || serve(conn, &f, &c, &s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        RangeServer {
+            port,
+            counters,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.counters.body_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RangeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, files: &HashMap<String, Arc<Vec<u8>>>, c: &Counters, stop: &AtomicBool) {
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _ = conn.set_nodelay(true);
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    // Keep-alive: one request after another until the client closes or the server stops.
+    while !stop.load(Ordering::Relaxed) {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut range = None;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("range: bytes=") {
+                let v = v.trim();
+                if let Some((a, b)) = v.split_once('-') {
+                    range = Some((a.parse::<u64>().ok(), b.parse::<u64>().ok()));
+                }
+            }
+        }
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        let Some(data) = files.get(path.trim_start_matches('/')) else {
+            let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        };
+        let size = data.len() as u64;
+        let (status, start, end) = match range {
+            Some((Some(a), b)) if a < size => {
+                let e = b.map_or(size - 1, |b| b.min(size - 1));
+                ("206 Partial Content", a, e + 1)
+            }
+            Some((None, Some(n))) => ("206 Partial Content", size.saturating_sub(n), size),
+            Some(_) => {
+                let _ = out.write_all(
+                    format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                );
+                continue;
+            }
+            None => ("200 OK", 0, size),
+        };
+        let mut resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+            end - start
+        );
+        if status.starts_with("206") {
+            resp.push_str(&format!(
+                "Content-Range: bytes {start}-{}/{size}\r\n",
+                end - 1
+            ));
+        }
+        resp.push_str("\r\n");
+        let mut bytes = resp.into_bytes();
+        if method != "HEAD" {
+            bytes.extend_from_slice(&data[start as usize..end as usize]);
+            c.body_bytes.fetch_add(end - start, Ordering::Relaxed);
+        }
+        if out.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
