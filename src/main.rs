@@ -146,6 +146,12 @@ struct MountCmd {
     /// Example: --cache-size 10737418240 (10 GiB, the default)
     #[arg(long, default_value_t = 10 << 30)]
     cache_size: u64,
+    /// Write the path of every file as it is first read, in order, one per line: the input of
+    /// `lazypull convert --prefetch-list`.
+    ///
+    /// Example: --record ./startup-files.txt
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -198,6 +204,7 @@ fn main() -> ExitCode {
             insecure_skip_verify: m.insecure_skip_verify,
             cache_dir: m.cache_dir,
             cache_size: m.cache_size,
+            record: m.record,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),

@@ -9,6 +9,7 @@ use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, Plat
 use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
+use lazypull_fuse::fs::AccessRecorder;
 use lazypull_fuse::layer::{open_layer, LayerHints, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
@@ -25,6 +26,8 @@ pub struct MountArgs {
     pub insecure_skip_verify: bool,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: u64,
+    /// Write the paths of files as they are first read here (a prefetch list).
+    pub record: Option<PathBuf>,
 }
 
 /// One layer to serve.
@@ -61,7 +64,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let opts = MountOptions::default();
+    let mut opts = MountOptions::default();
+    if let Some(path) = &args.record {
+        let recorder = AccessRecorder::create(path)
+            .with_context(|| format!("creating the record file {}", path.display()))?;
+        opts.recorder = Some(Arc::new(recorder));
+    }
     if layers.len() == 1 {
         let l = layers.into_iter().next().expect("one layer");
         let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;

@@ -345,3 +345,74 @@ fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
     }
     out
 }
+
+/// `--record` writes each file's path on its first read, in read order, once; converting with
+/// that list as `--prefetch-list` puts those files in every layer's prefetch region.
+#[test]
+fn record_lists_first_reads_in_order() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(converted.status.success());
+    let record = tmp.path().join("record.txt");
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &["--record", record.to_str().unwrap()],
+        &format!("oci:{}:t", out.display()),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    let app_file = walkdir_files(&mnt.join("app"))
+        .into_iter()
+        .find(|(_, len)| *len > 0)
+        .expect("a file under app/")
+        .0;
+    let order = [
+        "etc/passwd".to_string(),
+        format!("app/{app_file}"),
+        "etc/hostname".into(),
+    ];
+    for path in order.iter().chain(order.iter()) {
+        std::fs::read(mnt.join(path)).unwrap();
+    }
+    served.stop();
+    let lines: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = order.iter().map(|p| format!("/{p}")).collect();
+    assert_eq!(
+        lines, want,
+        "the record lists first reads, in order, once each"
+    );
+
+    let again = tmp.path().join("again");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--json".into(),
+        "--prefetch-list".into(),
+        record.display().to_string(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", again.display()),
+    ]);
+    assert!(converted.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let prefetched = report["manifests"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["prefetchSize"].as_u64().unwrap() > 0)
+        .count();
+    assert!(
+        prefetched >= 2,
+        "layers holding recorded files get a prefetch region: {report}"
+    );
+}

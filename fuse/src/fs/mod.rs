@@ -18,6 +18,7 @@
 mod erofs;
 mod estargz;
 mod mount;
+mod record;
 mod tree;
 
 #[cfg(test)]
@@ -41,6 +42,8 @@ use lazypull_converter::Error;
 pub use erofs::ErofsTree;
 pub use estargz::{ChunkSource, EstargzTree, ReaderChunks};
 pub use mount::{mount, unmount, MountError, MountHandle, MountOptions};
+pub use record::AccessRecorder;
+use record::PathsSeen;
 pub use tree::{Attr, DirEntry, FileKind, FsError, FsResult, Ino, LayerTree, StatFs};
 
 /// The errno the kernel gets for `err`: the one place internal errors become errnos.
@@ -68,6 +71,8 @@ pub fn errno(err: &FsError) -> Errno {
 pub struct LayerFs<T: LayerTree> {
     tree: T,
     ttl: Duration,
+    /// Where first reads are recorded (`--record`), and the paths needed to name them.
+    recorder: Option<(Arc<AccessRecorder>, PathsSeen)>,
     /// Listings of open directories by handle, so paging through a directory with offsets
     /// reads it once.
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
@@ -80,8 +85,21 @@ impl<T: LayerTree> LayerFs<T> {
         LayerFs {
             tree,
             ttl,
+            recorder: None,
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+        }
+    }
+
+    /// Record the path of every file on its first read.
+    pub fn with_recorder(mut self, recorder: Arc<AccessRecorder>) -> Self {
+        self.recorder = Some((recorder, PathsSeen::default()));
+        self
+    }
+
+    fn reached(&self, parent: Ino, name: &[u8], child: Ino) {
+        if let Some((_, seen)) = &self.recorder {
+            seen.reached(parent, name, child);
         }
     }
 
@@ -216,10 +234,14 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = ino(parent);
-        let found = self
-            .tree
-            .lookup(parent, name.as_bytes())
-            .and_then(|child| child.map(|c| self.file_attr(c)).transpose());
+        let found = self.tree.lookup(parent, name.as_bytes()).and_then(|child| {
+            child
+                .map(|c| {
+                    self.reached(parent, name.as_bytes(), c);
+                    self.file_attr(c)
+                })
+                .transpose()
+        });
         match found {
             Ok(Some(attr)) => reply.entry(&self.ttl, &attr, Generation(0)),
             Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
@@ -263,7 +285,14 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         reply: ReplyData,
     ) {
         match self.tree.read(ino(i), offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                if let Some((recorder, seen)) = &self.recorder {
+                    if let Some(path) = seen.first_read(ino(i)) {
+                        recorder.record(&path);
+                    }
+                }
+                reply.data(&data)
+            }
             Err(e) => reply.error(self.fail("read", ino(i), Some(offset), &e)),
         }
     }
@@ -310,6 +339,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
             Err(e) => return reply.error(self.fail("readdir", ino(i), Some(offset), &e)),
         };
         for (n, d) in list.iter().enumerate().skip(offset as usize) {
+            self.reached(ino(i), &d.name, d.ino);
             let name = OsStr::from_bytes(&d.name);
             if reply.add(INodeNo(d.ino.0), n as u64 + 1, file_type(d.kind), name) {
                 break;
@@ -335,6 +365,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
                 Ok(a) => a,
                 Err(e) => return reply.error(self.fail("readdirplus", d.ino, None, &e)),
             };
+            self.reached(ino(i), &d.name, d.ino);
             let name = OsStr::from_bytes(&d.name);
             if reply.add(
                 INodeNo(d.ino.0),

@@ -26,6 +26,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// How long the kernel may cache entries and attributes; content never changes.
     pub ttl: Duration,
+    /// Record the path of every file on its first read (`--record`).
+    pub recorder: Option<std::sync::Arc<super::AccessRecorder>>,
 }
 
 impl Default for MountOptions {
@@ -38,6 +40,7 @@ impl Default for MountOptions {
             subtype: Some("lazypull".into()),
             threads: cpus.clamp(2, 8),
             ttl: Duration::from_secs(3600),
+            recorder: None,
         }
     }
 }
@@ -113,7 +116,10 @@ pub fn mount<T: LayerTree + 'static>(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = LayerFs::new(tree, opts.ttl);
+    let mut fs = LayerFs::new(tree, opts.ttl);
+    if let Some(r) = &opts.recorder {
+        fs = fs.with_recorder(std::sync::Arc::clone(r));
+    }
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| MountError::new("mounting", mountpoint, e))?;
     Ok(MountHandle {
