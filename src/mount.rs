@@ -10,7 +10,7 @@ use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::fs::AccessRecorder;
-use lazypull_fuse::layer::{open_layer, LayerHints, SharedBlob};
+use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
 /// Arguments of `lazypull mount`.
@@ -73,6 +73,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if layers.len() == 1 {
         let l = layers.into_iter().next().expect("one layer");
         let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
+        prefetch(&opened, &l.hints.name);
         handles.push(mount(opened.tree, &args.mountpoint, &opts)?);
     } else {
         // Each layer on its own mount, stacked read-only by overlayfs (top layer first).
@@ -82,6 +83,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             clear_stale_mount(&dir);
             std::fs::create_dir_all(&dir)?;
             let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
+            prefetch(&opened, &l.hints.name);
             handles.push(mount(opened.tree, &dir, &opts)?);
             lower.push(dir.display().to_string());
         }
@@ -127,6 +129,20 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         args.mountpoint.display()
     );
     Ok(())
+}
+
+/// Bring a layer's prefetch region in before serving it; a failure only costs the head start.
+fn prefetch(layer: &OpenedLayer, name: &str) {
+    match layer.prefetch() {
+        Ok(s) if s.chunks > 0 => {
+            eprintln!(
+                "lazypull: prefetched {} chunks ({} bytes, one request) of {name}",
+                s.chunks, s.bytes
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{name}: prefetch failed, reads will fetch on demand: {e}"),
+    }
 }
 
 /// `lazypull umount MOUNTPOINT`.

@@ -416,3 +416,73 @@ fn record_lists_first_reads_in_order() {
         "layers holding recorded files get a prefetch region: {report}"
     );
 }
+
+/// With a prefetch list, mounting fetches the prefetch region in one request, so the first
+/// reads of the listed files need no request at all; other files still fetch on demand.
+#[test]
+fn prefetched_files_read_without_a_request() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, "/etc/passwd\n/etc/hostname\n").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--json".into(),
+        "--prefetch-list".into(),
+        list.display().to_string(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(converted.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    // The base layer holds both listed files.
+    let layer = &report["manifests"][0]["layers"][0];
+    assert!(layer["prefetchSize"].as_u64().unwrap() > 0, "{layer}");
+    let blob = out.join("blobs/sha256").join(
+        layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let server = RangeServer::start(HashMap::from([("base".to_string(), blob)]));
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &["--toc-digest", layer["tocDigest"].as_str().unwrap()],
+        &server.url("base"),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    let after_mount = server
+        .counters
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for path in ["etc/passwd", "etc/hostname"] {
+        assert!(!std::fs::read(mnt.join(path)).unwrap().is_empty());
+    }
+    let after_listed = server
+        .counters
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        after_listed, after_mount,
+        "reading prefetched files made requests"
+    );
+    let other = walkdir_files(&mnt)
+        .into_iter()
+        .find(|(p, len)| *len > 0 && !p.starts_with("etc/"))
+        .expect("a file outside etc/")
+        .0;
+    std::fs::read(mnt.join(&other)).unwrap();
+    let after_other = server
+        .counters
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    served.stop();
+    assert!(
+        after_other > after_listed,
+        "reading `{other}`, not prefetched, made no request: is the counter alive?"
+    );
+}

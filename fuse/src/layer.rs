@@ -51,8 +51,84 @@ pub enum LayerFormat {
 pub struct OpenedLayer {
     pub tree: Arc<dyn LayerTree>,
     pub format: LayerFormat,
-    /// Compressed bytes of the prefetch region (`[0, end)` of the blob), when the layer has one.
+    /// End of the prefetch region when the layer has one: compressed bytes `[0, end)` of an
+    /// eStargz blob, or uncompressed bytes `[0, end)` of an EROFS image.
     pub prefetch_end: Option<u64>,
+    prefetcher: Option<Prefetcher>,
+}
+
+type Prefetcher = Box<dyn Fn() -> Result<PrefetchStats> + Send + Sync>;
+
+/// What [`OpenedLayer::prefetch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Blob bytes fetched, in one request.
+    pub bytes: u64,
+    /// Chunks verified and put in the cache.
+    pub chunks: u64,
+}
+
+impl OpenedLayer {
+    /// Fetch the prefetch region with one range request and put every chunk inside it in the
+    /// cache, verified: the files a workload reads first are then local before it starts.
+    /// A layer without a prefetch region (or opened without a cache) does nothing.
+    pub fn prefetch(&self) -> Result<PrefetchStats> {
+        match &self.prefetcher {
+            Some(p) => p(),
+            None => Ok(PrefetchStats::default()),
+        }
+    }
+}
+
+/// A blob whose first bytes can be fetched at once and then served from memory: the prefetch
+/// region arrives in one request instead of one per chunk.
+struct RegionBlob {
+    inner: SharedBlob,
+    region: std::sync::RwLock<Option<Arc<Vec<u8>>>>,
+}
+
+impl RegionBlob {
+    fn new(inner: SharedBlob) -> Self {
+        RegionBlob {
+            inner,
+            region: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Fetch `[0, end)` in one read.
+    fn fill(&self, end: u64) -> Result<u64> {
+        let end = end.min(self.inner.len());
+        let data = self.inner.read_vec(0, end)?;
+        *self.region.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(data));
+        Ok(end)
+    }
+
+    /// Drop the region: what was needed from it is in the cache now.
+    fn release(&self) {
+        *self.region.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl BlobRead for RegionBlob {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        let region = self
+            .region
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(r) = region {
+            let end = off.checked_add(buf.len() as u64);
+            if end.is_some_and(|e| e <= r.len() as u64) {
+                buf.copy_from_slice(&r[off as usize..off as usize + buf.len()]);
+                return Ok(());
+            }
+        }
+        self.inner.read_at(off, buf)
+    }
 }
 
 /// Open `blob` as an eStargz/zstd:chunked or EROFS layer, verified as [`LayerHints`] says.
@@ -99,13 +175,39 @@ fn open_estargz(
                 .into(),
         ));
     }
-    let reader = Arc::new(EstargzReader::open(blob, anchor.as_ref())?);
-    let prefetch_end = reader.prefetch_end();
+    let region = Arc::new(RegionBlob::new(blob));
+    let reader = Arc::new(EstargzReader::open(
+        Arc::clone(&region) as SharedBlob,
+        anchor.as_ref(),
+    )?);
+    let prefetch_end = reader.prefetch_end().filter(|&end| end > 0);
+    let mut prefetcher: Option<Prefetcher> = None;
     let source: Arc<dyn ChunkSource> = match cache {
-        Some(cache) => Arc::new(CachedChunks {
-            reader: Arc::clone(&reader),
-            cache,
-        }),
+        Some(cache) => {
+            let chunks = Arc::new(CachedChunks {
+                reader: Arc::clone(&reader),
+                cache,
+            });
+            if let Some(end) = prefetch_end {
+                let (chunks, region) = (Arc::clone(&chunks), Arc::clone(&region));
+                prefetcher = Some(Box::new(move || {
+                    let bytes = region.fill(end)?;
+                    let mut n = 0;
+                    let result = (|| {
+                        for e in chunks.reader.entries() {
+                            for c in e.chunks.iter().filter(|c| c.blob_end <= end) {
+                                chunks.chunk(e, c)?;
+                                n += 1;
+                            }
+                        }
+                        Ok(())
+                    })();
+                    region.release();
+                    result.map(|()| PrefetchStats { bytes, chunks: n })
+                }));
+            }
+            chunks
+        }
         None => Arc::new(crate::fs::ReaderChunks::new(Arc::clone(&reader))),
     };
     let tree = EstargzTree::with_chunk_source(reader, source)?.with_name(hints.name.clone());
@@ -113,6 +215,7 @@ fn open_estargz(
         tree: Arc::new(tree),
         format: LayerFormat::Estargz,
         prefetch_end,
+        prefetcher,
     })
 }
 
@@ -150,15 +253,45 @@ fn open_erofs(
         .get(erofs_format::ANNOTATION_LAZYPULL_PREFETCH_RANGE)
         .and_then(|r| r.split_once(':'))
         .and_then(|(_, end)| end.parse::<u64>().ok());
-    let mut image = ChunkedImage::new(blob, index, start);
+    let region = Arc::new(RegionBlob::new(blob));
+    let mut prefetcher: Option<Prefetcher> = None;
+    let mut image = ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start);
     if let Some(cache) = cache {
-        image = image.with_store(Arc::new(CacheStore(cache)));
+        let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(cache));
+        image = image.with_store(Arc::clone(&store));
+        if let Some(end) = prefetch_end.filter(|&e| e > 0) {
+            let region = Arc::clone(&region);
+            prefetcher = Some(Box::new(move || {
+                // The frames holding [0, end) of the image, fetched as one blob range.
+                let chunks = index.chunks_for(0, end);
+                let Some(last) = chunks.clone().last() else {
+                    return Ok(PrefetchStats::default());
+                };
+                let blob_end = index.chunk_ranges(last, start).0.end;
+                let bytes = region.fill(blob_end)?;
+                let image =
+                    ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start)
+                        .with_store(Arc::clone(&store));
+                let mut buf = Vec::new();
+                let result = chunks.clone().try_for_each(|i| {
+                    let r = index.chunk_ranges(i, start).1;
+                    buf.resize((r.end - r.start) as usize, 0);
+                    image.read_at(r.start, &mut buf)
+                });
+                region.release();
+                result.map(|()| PrefetchStats {
+                    bytes,
+                    chunks: chunks.len() as u64,
+                })
+            }));
+        }
     }
     let reader = ErofsReader::open(image)?;
     Ok(OpenedLayer {
         tree: Arc::new(ErofsTree::new(reader, hints.name.clone())),
         format: LayerFormat::Erofs,
         prefetch_end,
+        prefetcher,
     })
 }
 
