@@ -122,7 +122,7 @@ impl BlobRead for RegionBlob {
             .clone();
         if let Some(r) = region {
             let end = off.checked_add(buf.len() as u64);
-            if end.is_some_and(|e| e <= r.len() as u64) {
+            if end.is_some_and(|e| e <= r.as_slice().len() as u64) {
                 buf.copy_from_slice(&r[off as usize..off as usize + buf.len()]);
                 return Ok(());
             }
