@@ -152,6 +152,15 @@ struct MountCmd {
     /// Example: --record ./startup-files.txt
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Do not fetch the rest of the layers in the background after mounting.
+    #[arg(long)]
+    no_background_fetch: bool,
+    /// Bytes per second the background fetch may use, leaving the rest of the link to
+    /// on-demand reads; 0 for no limit.
+    ///
+    /// Example: --background-rate 5242880 (5 MiB/s; default 20 MiB/s)
+    #[arg(long, default_value_t = 20 << 20)]
+    background_rate: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +214,8 @@ fn main() -> ExitCode {
             cache_dir: m.cache_dir,
             cache_size: m.cache_size,
             record: m.record,
+            background_fetch: !m.no_background_fetch,
+            background_rate: m.background_rate,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),

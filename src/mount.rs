@@ -1,8 +1,9 @@
 //! `lazypull mount` and `lazypull umount`: serve converted layers lazily through FUSE.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
@@ -28,6 +29,10 @@ pub struct MountArgs {
     pub cache_size: u64,
     /// Write the paths of files as they are first read here (a prefetch list).
     pub record: Option<PathBuf>,
+    /// Fetch every remaining chunk in the background after mounting.
+    pub background_fetch: bool,
+    /// Bytes per second the background fetch may use (0: no limit).
+    pub background_rate: u64,
 }
 
 /// One layer to serve.
@@ -56,6 +61,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     clear_stale_mount(&args.mountpoint);
 
     let mut handles: Vec<MountHandle> = Vec::new();
+    let mut backgrounds = Vec::new();
     let mut overlay: Option<PathBuf> = None;
     let staging = args.mountpoint.with_file_name(format!(
         ".{}.lazypull-layers",
@@ -74,6 +80,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         let l = layers.into_iter().next().expect("one layer");
         let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
         prefetch(&opened, &l.hints.name);
+        backgrounds.extend(opened.background_fetch());
         handles.push(mount(opened.tree, &args.mountpoint, &opts)?);
     } else {
         // Each layer on its own mount, stacked read-only by overlayfs (top layer first).
@@ -84,6 +91,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             std::fs::create_dir_all(&dir)?;
             let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
             prefetch(&opened, &l.hints.name);
+            backgrounds.extend(opened.background_fetch());
             handles.push(mount(opened.tree, &dir, &opts)?);
             lower.push(dir.display().to_string());
         }
@@ -99,6 +107,33 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         args.mountpoint.display()
     );
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = if args.background_fetch {
+        backgrounds
+            .into_iter()
+            .map(|walk| {
+                let (stop, rate) = (Arc::clone(&stop), args.background_rate);
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut sent = 0u64;
+                    let n = walk(&mut |bytes| {
+                        sent += bytes;
+                        // Pace to the rate; on-demand reads keep the rest of the link.
+                        if rate > 0 {
+                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait.min(Duration::from_secs(1)));
+                            }
+                        }
+                        !stop.load(Ordering::Relaxed)
+                    });
+                    tracing::info!("background fetch visited {n} chunks");
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -115,6 +150,10 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
     }
     if let Some(path) = overlay.filter(|p| is_mountpoint(p)) {
         let _ = umount(&path);

@@ -298,7 +298,7 @@ fn one_small_file_over_http_fetches_under_one_percent() {
     let server = RangeServer::start(HashMap::from([("blob".to_string(), blob.clone())]));
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
-        &["--toc-digest", toc],
+        &["--no-background-fetch", "--toc-digest", toc],
         &server.url("blob"),
         &mnt,
         &tmp.path().join("cache"),
@@ -450,7 +450,11 @@ fn prefetched_files_read_without_a_request() {
     let server = RangeServer::start(HashMap::from([("base".to_string(), blob)]));
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
-        &["--toc-digest", layer["tocDigest"].as_str().unwrap()],
+        &[
+            "--no-background-fetch",
+            "--toc-digest",
+            layer["tocDigest"].as_str().unwrap(),
+        ],
         &server.url("base"),
         &mnt,
         &tmp.path().join("cache"),
@@ -485,4 +489,65 @@ fn prefetched_files_read_without_a_request() {
         after_other > after_listed,
         "reading `{other}`, not prefetched, made no request: is the counter alive?"
     );
+}
+
+/// The background fetch brings the whole layer into the cache after mounting: once it is done,
+/// every file reads with the server gone.
+#[test]
+fn background_fetch_makes_the_layer_local() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--json".into(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(converted.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    // The app layer: a medium file in several chunks, symlinks, a hardlink.
+    let layer = &report["manifests"][0]["layers"][1];
+    let blob = out.join("blobs/sha256").join(
+        layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let blob_size = std::fs::metadata(&blob).unwrap().len();
+    let server = RangeServer::start(HashMap::from([("app".to_string(), blob)]));
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &[
+            "--background-rate",
+            "0",
+            "--toc-digest",
+            layer["tocDigest"].as_str().unwrap(),
+        ],
+        &server.url("app"),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    // Wait until the background fetch has brought (nearly) the whole blob and gone quiet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (server.body_bytes(), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = server.body_bytes();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now * 10 >= blob_size * 9 && last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background fetch stalled at {now} of {blob_size} bytes"
+        );
+    }
+    drop(server);
+    let bytes = read_everything(&mnt);
+    assert!(bytes > 0);
+    served.stop();
 }

@@ -55,9 +55,14 @@ pub struct OpenedLayer {
     /// eStargz blob, or uncompressed bytes `[0, end)` of an EROFS image.
     pub prefetch_end: Option<u64>,
     prefetcher: Option<Prefetcher>,
+    background: Option<BackgroundFetch>,
 }
 
 type Prefetcher = Box<dyn Fn() -> Result<PrefetchStats> + Send + Sync>;
+
+/// Walks every chunk of a layer through the cache; `pace(bytes)` is called after each chunk and
+/// returns `false` to stop. Returns the chunks visited.
+pub type BackgroundFetch = Arc<dyn Fn(&mut dyn FnMut(u64) -> bool) -> u64 + Send + Sync>;
 
 /// What [`OpenedLayer::prefetch`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,6 +74,12 @@ pub struct PrefetchStats {
 }
 
 impl OpenedLayer {
+    /// The whole-layer fetch to run in the background once the layer is served (only for
+    /// layers opened with a cache).
+    pub fn background_fetch(&self) -> Option<BackgroundFetch> {
+        self.background.clone()
+    }
+
     /// Fetch the prefetch region with one range request and put every chunk inside it in the
     /// cache, verified: the files a workload reads first are then local before it starts.
     /// A layer without a prefetch region (or opened without a cache) does nothing.
@@ -182,12 +193,29 @@ fn open_estargz(
     )?);
     let prefetch_end = reader.prefetch_end().filter(|&end| end > 0);
     let mut prefetcher: Option<Prefetcher> = None;
+    let mut background: Option<BackgroundFetch> = None;
     let source: Arc<dyn ChunkSource> = match cache {
         Some(cache) => {
             let chunks = Arc::new(CachedChunks {
                 reader: Arc::clone(&reader),
                 cache,
             });
+            let all = Arc::clone(&chunks);
+            background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
+                let mut n = 0;
+                for e in all.reader.entries() {
+                    for c in &e.chunks {
+                        if let Err(err) = all.chunk(e, c) {
+                            tracing::warn!("background fetch of `{}`: {err}", e.name);
+                        }
+                        n += 1;
+                        if !pace(c.blob_end.saturating_sub(c.blob_offset)) {
+                            return n;
+                        }
+                    }
+                }
+                n
+            }));
             if let Some(end) = prefetch_end {
                 let (chunks, region) = (Arc::clone(&chunks), Arc::clone(&region));
                 prefetcher = Some(Box::new(move || {
@@ -216,6 +244,7 @@ fn open_estargz(
         format: LayerFormat::Estargz,
         prefetch_end,
         prefetcher,
+        background,
     })
 }
 
@@ -255,10 +284,32 @@ fn open_erofs(
         .and_then(|(_, end)| end.parse::<u64>().ok());
     let region = Arc::new(RegionBlob::new(blob));
     let mut prefetcher: Option<Prefetcher> = None;
+    let mut background: Option<BackgroundFetch> = None;
     let mut image = ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start);
     if let Some(cache) = cache {
         let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(cache));
         image = image.with_store(Arc::clone(&store));
+        let (all, idx, st) = (
+            ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start)
+                .with_store(Arc::clone(&store)),
+            index.clone(),
+            start,
+        );
+        background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
+            let mut buf = Vec::new();
+            let n = idx.entries().len();
+            for i in 0..n {
+                let (stored, r) = idx.chunk_ranges(i, st);
+                buf.resize((r.end - r.start) as usize, 0);
+                if let Err(err) = all.read_at(r.start, &mut buf) {
+                    tracing::warn!("background fetch of image chunk {i}: {err}");
+                }
+                if !pace(stored.end - stored.start) {
+                    return i as u64 + 1;
+                }
+            }
+            n as u64
+        }));
         if let Some(end) = prefetch_end.filter(|&e| e > 0) {
             let region = Arc::clone(&region);
             prefetcher = Some(Box::new(move || {
@@ -292,6 +343,7 @@ fn open_erofs(
         format: LayerFormat::Erofs,
         prefetch_end,
         prefetcher,
+        background,
     })
 }
 
