@@ -161,6 +161,17 @@ struct MountCmd {
     /// Example: --background-rate 5242880 (5 MiB/s; default 20 MiB/s)
     #[arg(long, default_value_t = 20 << 20)]
     background_rate: u64,
+    /// Seconds one HTTP range request may take before it is retried; after the retries the
+    /// read fails with EIO, so no read hangs.
+    ///
+    /// Example: --fetch-timeout 10 (default 30)
+    #[arg(long, default_value_t = 30)]
+    fetch_timeout: u64,
+    /// Retries of a failed HTTP range request (with jittered exponential backoff).
+    ///
+    /// Example: --fetch-retries 2 (default 5)
+    #[arg(long, default_value_t = 5)]
+    fetch_retries: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,6 +227,8 @@ fn main() -> ExitCode {
             record: m.record,
             background_fetch: !m.no_background_fetch,
             background_rate: m.background_rate,
+            fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
+            fetch_retries: m.fetch_retries,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),

@@ -33,6 +33,10 @@ pub struct MountArgs {
     pub background_fetch: bool,
     /// Bytes per second the background fetch may use (0: no limit).
     pub background_rate: u64,
+    /// Per-request timeout of HTTP range reads; a read fails with EIO after the retries.
+    pub fetch_timeout: Duration,
+    /// Retries of a failed HTTP range read.
+    pub fetch_retries: u32,
 }
 
 /// One layer to serve.
@@ -49,7 +53,16 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let layers = resolve_source(&args, trusted)?;
+    let fetcher = if args.source.starts_with("http://") || args.source.starts_with("https://") {
+        Some(RangeFetcher::new(FetchOptions {
+            timeout: args.fetch_timeout,
+            retries: args.fetch_retries,
+            ..FetchOptions::default()
+        })?)
+    } else {
+        None
+    };
+    let layers = resolve_source(&args, trusted, fetcher.as_ref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Arc::new(
         ChunkCache::open(CacheOptions::new(&cache_dir, args.cache_size))
@@ -134,6 +147,23 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    let usr1 = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .context("installing the SIGUSR1 handler")?;
+    let stats_file = cache_dir.join("stats.json");
+    let report = |final_report: bool| -> String {
+        let json = stats_json(&args, &cache, fetcher.as_ref(), final_report);
+        // Written beside the cache, replaced atomically, for monitoring while mounted.
+        let tmp = stats_file.with_extension("json.tmp");
+        if std::fs::write(&tmp, &json)
+            .and_then(|_| std::fs::rename(&tmp, &stats_file))
+            .is_err()
+        {
+            tracing::warn!("cannot write {}", stats_file.display());
+        }
+        json
+    };
+    let mut last_stats = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -146,6 +176,13 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
                 // `lazypull umount` (or a plain umount) took the mount away: stop serving.
                 if !is_mountpoint(&args.mountpoint) {
                     break;
+                }
+                if usr1.swap(false, Ordering::Relaxed) {
+                    eprintln!("{}", report(false));
+                    last_stats = Instant::now();
+                } else if last_stats.elapsed() > Duration::from_secs(5) {
+                    report(false);
+                    last_stats = Instant::now();
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -162,11 +199,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         let _ = h.unmount();
     }
     let _ = std::fs::remove_dir_all(&staging);
-    let stats = cache.stats();
-    eprintln!(
-        "lazypull: unmounted {}; cache: {stats:?}",
-        args.mountpoint.display()
-    );
+    eprintln!("lazypull: unmounted {}", args.mountpoint.display());
+    eprintln!("{}", report(true));
     Ok(())
 }
 
@@ -182,6 +216,36 @@ fn prefetch(layer: &OpenedLayer, name: &str) {
         Ok(_) => {}
         Err(e) => tracing::warn!("{name}: prefetch failed, reads will fetch on demand: {e}"),
     }
+}
+
+/// The statistics report: what was fetched, from where, and how the cache did.
+fn stats_json(
+    args: &MountArgs,
+    cache: &ChunkCache,
+    fetcher: Option<&RangeFetcher>,
+    unmounted: bool,
+) -> String {
+    let c = cache.stats();
+    let fetch = fetcher.map(|f| {
+        let s = f.stats();
+        serde_json::json!({
+            "requests": s.requests, "bytes": s.bytes, "retries": s.retries, "failures": s.failures,
+        })
+    });
+    serde_json::json!({
+        "source": args.source,
+        "mountpoint": args.mountpoint,
+        "unmounted": unmounted,
+        "fetch": fetch,
+        "cache": {
+            "memoryHits": c.memory_hits, "diskHits": c.disk_hits, "misses": c.misses,
+            "fetches": c.fetches, "fetchWaits": c.fetch_waits, "inserts": c.inserts,
+            "evictions": c.evictions, "verificationFailures": c.corrupt_dropped,
+            "readErrors": c.read_errors, "writeErrors": c.write_errors,
+            "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
+        },
+    })
+    .to_string()
 }
 
 /// `lazypull umount MOUNTPOINT`.
@@ -206,15 +270,16 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// The layers SOURCE names: a blob file, or an OCI layout's image (one layer with `--layer`).
-fn resolve_source(args: &MountArgs, trusted: Option<Digest>) -> Result<Vec<LayerToMount>> {
+fn resolve_source(
+    args: &MountArgs,
+    trusted: Option<Digest>,
+    fetcher: Option<&RangeFetcher>,
+) -> Result<Vec<LayerToMount>> {
     if !args.source.starts_with("oci:") {
-        let blob: SharedBlob =
-            if args.source.starts_with("http://") || args.source.starts_with("https://") {
-                let fetcher = RangeFetcher::new(FetchOptions::default())?;
-                Arc::new(HttpBlob::open(&fetcher, &args.source)?)
-            } else {
-                Arc::new(FileBlob::open(&PathBuf::from(&args.source))?)
-            };
+        let blob: SharedBlob = match fetcher {
+            Some(f) => Arc::new(HttpBlob::open(f, &args.source)?),
+            None => Arc::new(FileBlob::open(&PathBuf::from(&args.source))?),
+        };
         return Ok(vec![LayerToMount {
             blob,
             hints: LayerHints {

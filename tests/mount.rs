@@ -127,6 +127,16 @@ impl Drop for Served {
     }
 }
 
+/// The JSON statistics report the server prints when it unmounts (its last stderr line).
+fn final_stats(stderr: &str) -> serde_json::Value {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no statistics report in: {stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
 /// The sample image's layers as uncompressed tars, bottom first.
 fn sample_tars(image: &sample::SampleImage) -> Vec<Vec<u8>> {
     image
@@ -206,16 +216,23 @@ fn mount_image_matches_layers(format: &str) {
     let bytes = read_everything(&mnt);
     assert!(bytes > 0);
     let first = served.stop();
-    assert!(first.contains("misses: "), "no cache stats: {first}");
+    let stats = final_stats(&first);
+    assert!(stats["cache"]["misses"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(stats["unmounted"], true);
 
     // The same image again, same cache: every chunk comes from the cache, none from the blob.
     let served = Served::start(&source, &mnt, &cache);
     assert_eq!(read_everything(&mnt), bytes);
     let second = served.stop();
+    let stats = final_stats(&second);
     assert!(
-        second.contains("misses: 0,") && second.contains("fetches: 0,"),
+        stats["cache"]["misses"] == 0 && stats["cache"]["fetches"] == 0,
         "{format}: the warm mount fetched chunks again: {second}"
     );
+    // The same report stays beside the cache.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(file, stats);
 }
 
 #[test]
@@ -550,4 +567,72 @@ fn background_fetch_makes_the_layer_local() {
     let bytes = read_everything(&mnt);
     assert!(bytes > 0);
     served.stop();
+}
+
+/// A server that goes away mid-mount makes reads of chunks not yet local fail with EIO within
+/// the fetch timeout (never hang), and reads work again when it is back.
+#[test]
+fn server_outage_gives_eio_then_recovers() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let out = tmp.path().join("out");
+    let converted = lazypull(&[
+        "convert".to_string(),
+        "--json".into(),
+        format!("oci:{}:t", image.dir.display()),
+        format!("oci:{}:t", out.display()),
+    ]);
+    assert!(converted.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let layer = &report["manifests"][0]["layers"][0];
+    let blob = out.join("blobs/sha256").join(
+        layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let files = HashMap::from([("base".to_string(), blob)]);
+    let server = RangeServer::start(files.clone());
+    let port = server.port();
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &[
+            "--no-background-fetch",
+            "--fetch-timeout",
+            "1",
+            "--fetch-retries",
+            "1",
+            "--toc-digest",
+            layer["tocDigest"].as_str().unwrap(),
+        ],
+        &server.url("base"),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    let files_in_layer: Vec<String> = walkdir_files(&mnt)
+        .into_iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(files_in_layer.len() >= 2);
+    drop(server);
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join(&files_in_layer[0])).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the failed read took {:?}",
+        started.elapsed()
+    );
+    let _back = RangeServer::start_on(port, files);
+    let data = std::fs::read(mnt.join(&files_in_layer[0])).unwrap();
+    assert!(!data.is_empty());
+    served.stop();
+}
+
+/// EIO, without a libc dependency in the tests.
+fn libc_eio() -> i32 {
+    5
 }

@@ -28,11 +28,16 @@ pub struct RangeServer {
 impl RangeServer {
     /// Serve `files` (URL path name → file, read once into memory) on a free loopback port.
     pub fn start(files: HashMap<String, PathBuf>) -> RangeServer {
+        RangeServer::start_on(0, files)
+    }
+
+    /// The same on `port` (0: any free one), e.g. to bring a stopped server back.
+    pub fn start_on(port: u16, files: HashMap<String, PathBuf>) -> RangeServer {
         let files: HashMap<String, Arc<Vec<u8>>> = files
             .into_iter()
             .map(|(k, p)| (k, Arc::new(std::fs::read(p).unwrap())))
             .collect();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let counters = Arc::new(Counters::default());
@@ -56,6 +61,10 @@ impl RangeServer {
             stop,
             thread: Some(thread),
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -97,6 +106,10 @@ fn serve(conn: TcpStream, files: &HashMap<String, Arc<Vec<u8>>>, c: &Counters, s
                 continue
             }
             Err(_) => return,
+        }
+        // A stopped server answers nothing more, even on connections it kept alive.
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
         let mut parts = line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
