@@ -127,6 +127,32 @@ impl Drop for Served {
     }
 }
 
+/// The sample image, converted with `extra` options plus `--json`: its source, the output
+/// layout and the report.
+fn convert_sample(tmp: &Path, extra: &[&str]) -> (sample::SampleImage, PathBuf, serde_json::Value) {
+    let image = sample::write_sample_image(&tmp.join("src"), "t").unwrap();
+    let out = tmp.join("out");
+    let mut args: Vec<String> = vec!["convert".into(), "--json".into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push(format!("oci:{}:t", image.dir.display()));
+    args.push(format!("oci:{}:t", out.display()));
+    let converted = lazypull(&args);
+    assert!(
+        converted.status.success(),
+        "convert: {}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let report = serde_json::from_slice(&converted.stdout).unwrap();
+    (image, out, report)
+}
+
+/// The blob file, in layout `out`, of a layer of a conversion report.
+fn layer_blob(out: &Path, layer: &serde_json::Value) -> PathBuf {
+    let digest = layer["digest"].as_str().unwrap();
+    out.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
 /// The JSON statistics report the server prints when it unmounts (its last stderr line).
 fn final_stats(stderr: &str) -> serde_json::Value {
     let line = stderr
@@ -441,29 +467,13 @@ fn prefetched_files_read_without_a_request() {
     let support = fuse_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
-    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
     let list = tmp.path().join("list.txt");
     std::fs::write(&list, "/etc/passwd\n/etc/hostname\n").unwrap();
-    let out = tmp.path().join("out");
-    let converted = lazypull(&[
-        "convert".to_string(),
-        "--json".into(),
-        "--prefetch-list".into(),
-        list.display().to_string(),
-        format!("oci:{}:t", image.dir.display()),
-        format!("oci:{}:t", out.display()),
-    ]);
-    assert!(converted.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let (_, out, report) = convert_sample(tmp.path(), &["--prefetch-list", list.to_str().unwrap()]);
     // The base layer holds both listed files.
     let layer = &report["manifests"][0]["layers"][0];
     assert!(layer["prefetchSize"].as_u64().unwrap() > 0, "{layer}");
-    let blob = out.join("blobs/sha256").join(
-        layer["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let blob = layer_blob(&out, layer);
     let server = RangeServer::start(HashMap::from([("base".to_string(), blob)]));
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
@@ -515,24 +525,10 @@ fn background_fetch_makes_the_layer_local() {
     let support = fuse_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
-    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
-    let out = tmp.path().join("out");
-    let converted = lazypull(&[
-        "convert".to_string(),
-        "--json".into(),
-        format!("oci:{}:t", image.dir.display()),
-        format!("oci:{}:t", out.display()),
-    ]);
-    assert!(converted.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let (_, out, report) = convert_sample(tmp.path(), &[]);
     // The app layer: a medium file in several chunks, symlinks, a hardlink.
     let layer = &report["manifests"][0]["layers"][1];
-    let blob = out.join("blobs/sha256").join(
-        layer["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let blob = layer_blob(&out, layer);
     let blob_size = std::fs::metadata(&blob).unwrap().len();
     let server = RangeServer::start(HashMap::from([("app".to_string(), blob)]));
     let mnt = tmp.path().join("mnt");
@@ -576,23 +572,9 @@ fn server_outage_gives_eio_then_recovers() {
     let support = fuse_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
-    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
-    let out = tmp.path().join("out");
-    let converted = lazypull(&[
-        "convert".to_string(),
-        "--json".into(),
-        format!("oci:{}:t", image.dir.display()),
-        format!("oci:{}:t", out.display()),
-    ]);
-    assert!(converted.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
+    let (_, out, report) = convert_sample(tmp.path(), &[]);
     let layer = &report["manifests"][0]["layers"][0];
-    let blob = out.join("blobs/sha256").join(
-        layer["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let blob = layer_blob(&out, layer);
     let files = HashMap::from([("base".to_string(), blob)]);
     let server = RangeServer::start(files.clone());
     let port = server.port();

@@ -425,18 +425,15 @@ mod tests {
         round_trip(&v);
     }
 
-    /// A small deterministic generator (xorshift) for the property test below.
-    struct Rng(u64);
+    /// The sample generator, with name components for the property test below.
+    struct Rng(crate::sample::XorShift);
 
     impl Rng {
         fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+            self.0.next_u64()
         }
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0.below(n)
         }
         fn component(&mut self) -> String {
             const CHARS: [&str; 8] = ["a", "Z", "9", "-", " ", "é", "日", "_"];
@@ -447,7 +444,7 @@ mod tests {
 
     #[test]
     fn generated_entries_round_trip() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(crate::sample::XorShift::new(0x9e37_79b9_7f4a_7c15));
         let mut v: Vec<LayerEntry> = Vec::new();
         for i in 0..300 {
             let depth = 1 + rng.below(8);

@@ -54,6 +54,11 @@ impl XorShift {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// A pseudo-random number below `n` (which must not be 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
     /// `len` pseudo-random bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 8);

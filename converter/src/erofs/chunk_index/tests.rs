@@ -15,29 +15,17 @@ use crate::erofs::format::{
 
 const MIB: usize = 1 << 20;
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::sample::XorShift;
 
 /// `len` bytes of runs of zeros, noise and text: some chunks compress well, some not at all.
 fn image(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = XorShift(seed | 1);
+    let mut rng = XorShift::new(seed | 1);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let run = (rng.below(200_000) as usize + 1).min(len - out.len());
         match rng.below(3) {
             0 => out.resize(out.len() + run, 0),
-            1 => out.extend((0..run).map(|_| rng.next() as u8)),
+            1 => out.extend((0..run).map(|_| rng.next_u64() as u8)),
             _ => out.extend(b"lazypull erofs chunk ".iter().cycle().take(run)),
         }
     }
@@ -136,7 +124,7 @@ fn round_trips_at_chunk_boundaries() {
             let img = ChunkedImage::new(blob.clone(), index, start);
             assert_eq!(img.len(), size as u64);
             assert_eq!(img.read_vec(0, size as u64).unwrap(), data, "{ctx}");
-            let mut rng = XorShift(size as u64 + 99);
+            let mut rng = XorShift::new(size as u64 + 99);
             for _ in 0..40 {
                 let off = rng.below(size as u64 + 1);
                 let len = rng.below((size as u64 - off).min(3 * MIB as u64) + 1);

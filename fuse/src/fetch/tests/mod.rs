@@ -10,27 +10,13 @@ use lazypull_converter::{BlobRead, Error};
 use super::{FetchError, FetchErrorKind, FetchOptions, HttpBlob, RangeFetcher};
 use server::{Fault, Server};
 
-/// Deterministic bytes and offsets (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use lazypull_converter::sample::XorShift as Rng;
 
 const SIZE: usize = 1 << 20;
 
 fn blob_bytes() -> Vec<u8> {
-    let mut rng = Rng(0x5eed);
-    (0..SIZE).map(|_| rng.next() as u8).collect()
+    let mut rng = Rng::new(0x5eed);
+    (0..SIZE).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Quick retries so fault tests take milliseconds.
@@ -70,7 +56,7 @@ fn random_reads_equal_the_blob() {
     let (server, fetcher, data) = setup(quick());
     let blob = HttpBlob::open(&fetcher, &server.url("/blob")).unwrap();
     assert_eq!(blob.len(), SIZE as u64);
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for _ in 0..100 {
         let off = rng.below(SIZE as u64);
         let len = rng.below(70_000).min(SIZE as u64 - off);
@@ -280,7 +266,7 @@ fn a_redirect_is_followed_once_and_cached() {
     let (server, fetcher, data) = setup(quick());
     let blob = HttpBlob::open(&fetcher, &server.url("/redirect")).unwrap();
     assert_eq!(blob.len(), SIZE as u64);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for _ in 0..20 {
         let off = rng.below(SIZE as u64 - 100);
         assert_eq!(
