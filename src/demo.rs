@@ -15,10 +15,15 @@ use lazypull_converter::{sample, Digest};
 pub struct DemoArgs {
     /// Keep the images here instead of in a temporary directory.
     pub keep: Option<PathBuf>,
+    /// Bandwidth of the simulated link for the lazy mounts, Mbit/s.
+    pub bandwidth_mbit: u64,
+    /// Round-trip latency of the simulated link, milliseconds.
+    pub latency_ms: u64,
 }
 
-/// Build the sample image, convert it to eStargz and zstd:chunked, and verify every layer by
-/// reading every file back through the verifying reader.
+/// Build the sample image, convert it to eStargz, zstd:chunked and EROFS, verify every layer by
+/// reading every file back through the verifying readers, then (as root, with FUSE) serve the
+/// eStargz and EROFS images over a throttled HTTP server and mount them lazily.
 pub fn run_demo(args: DemoArgs) -> Result<()> {
     let tmp;
     let dir = match &args.keep {
@@ -35,6 +40,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     sample::write_sample_image(&src_dir, "demo").context("building the sample image")?;
     let src = format!("oci:{}:demo", src_dir.display());
     println!("sample image: {src}");
+    let mut lazy_images = Vec::new();
 
     for format in [
         TargetFormat::Estargz,
@@ -65,6 +71,9 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         {
             println!("  {}", l.summary_line(i, report.manifests[0].layers.len()));
         }
+        if format != TargetFormat::ZstdChunked {
+            lazy_images.push((format.name().to_string(), dst.clone()));
+        }
         let checked = if format.is_erofs() {
             verify_erofs_image(&dst)?
         } else {
@@ -75,6 +84,15 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
             checked.files,
             human_bytes(checked.bytes)
         );
+    }
+    match crate::demo_lazy::lazy_support() {
+        Ok(()) => crate::demo_lazy::run(
+            &lazy_images,
+            &dir,
+            args.bandwidth_mbit.max(1),
+            std::time::Duration::from_millis(args.latency_ms),
+        )?,
+        Err(why) => println!("\nlazy mounts skipped: {why}"),
     }
     if args.keep.is_some() {
         println!("\nimages kept in {}", dir.display());

@@ -10,6 +10,7 @@
 //!   it found.
 
 mod demo;
+mod demo_lazy;
 mod mount;
 mod progress;
 

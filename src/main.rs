@@ -179,6 +179,16 @@ struct DemoCmd {
     /// Keep the sample and converted images in this directory instead of a temporary one.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Bandwidth of the simulated link the lazy mounts read through, in Mbit/s.
+    ///
+    /// Example: --bandwidth 1000
+    #[arg(long, default_value_t = 100)]
+    bandwidth: u64,
+    /// Round-trip latency of the simulated link, in milliseconds.
+    ///
+    /// Example: --latency 50
+    #[arg(long, default_value_t = 20)]
+    latency: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -231,7 +241,11 @@ fn main() -> ExitCode {
             fetch_retries: m.fetch_retries,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
-        Command::Demo(d) => lazypull::run_demo(DemoArgs { keep: d.keep }),
+        Command::Demo(d) => lazypull::run_demo(DemoArgs {
+            keep: d.keep,
+            bandwidth_mbit: d.bandwidth,
+            latency_ms: d.latency,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

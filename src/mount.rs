@@ -11,7 +11,7 @@ use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::fs::AccessRecorder;
-use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
+use lazypull_fuse::layer::{open_layer, BackgroundFetch, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
 /// Arguments of `lazypull mount`.
@@ -40,9 +40,79 @@ pub struct MountArgs {
 }
 
 /// One layer to serve.
-struct LayerToMount {
-    blob: SharedBlob,
-    hints: LayerHints,
+pub(crate) struct LayerToMount {
+    pub(crate) blob: SharedBlob,
+    pub(crate) hints: LayerHints,
+}
+
+/// Layers mounted, and stacked by overlayfs when there are several.
+pub(crate) struct MountedImage {
+    handles: Vec<MountHandle>,
+    overlay: Option<PathBuf>,
+    staging: PathBuf,
+    /// The whole-layer fetches to run in the background, one per layer.
+    pub(crate) backgrounds: Vec<BackgroundFetch>,
+}
+
+/// Open every layer (prefetching its region), mount each, and stack them read-only at
+/// `mountpoint`; a single layer is mounted there directly.
+pub(crate) fn mount_image(
+    layers: Vec<LayerToMount>,
+    mountpoint: &Path,
+    cache: &Arc<ChunkCache>,
+    opts: &MountOptions,
+) -> Result<MountedImage> {
+    let staging = mountpoint.with_file_name(format!(
+        ".{}.lazypull-layers",
+        mountpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let mut image = MountedImage {
+        handles: Vec::new(),
+        overlay: None,
+        staging,
+        backgrounds: Vec::new(),
+    };
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("creating {}", mountpoint.display()))?;
+    let single = layers.len() == 1;
+    let mut lower = Vec::new();
+    for (i, l) in layers.into_iter().enumerate() {
+        let dir = if single {
+            mountpoint.to_path_buf()
+        } else {
+            image.staging.join(i.to_string())
+        };
+        clear_stale_mount(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
+        prefetch(&opened, &l.hints.name);
+        image.backgrounds.extend(opened.background_fetch());
+        image.handles.push(mount(opened.tree, &dir, opts)?);
+        lower.push(dir.display().to_string());
+    }
+    if !single {
+        // overlayfs takes the top layer first.
+        lower.reverse();
+        mount_overlay(mountpoint, &format!("lowerdir={}", lower.join(":")))?;
+        image.overlay = Some(mountpoint.to_path_buf());
+    }
+    Ok(image)
+}
+
+impl MountedImage {
+    /// Unmount the overlay (unless already gone) and every layer.
+    pub(crate) fn unmount(self) {
+        if let Some(path) = self.overlay.filter(|p| is_mountpoint(p)) {
+            let _ = umount(&path);
+        }
+        for h in self.handles {
+            let _ = h.unmount();
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
 }
 
 /// `lazypull mount SOURCE MOUNTPOINT`: mount, serve until Ctrl-C, SIGTERM or `lazypull umount`,
@@ -73,46 +143,14 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     // A mount left by a crashed server answers ENOTCONN: clear it before mounting again.
     clear_stale_mount(&args.mountpoint);
 
-    let mut handles: Vec<MountHandle> = Vec::new();
-    let mut backgrounds = Vec::new();
-    let mut overlay: Option<PathBuf> = None;
-    let staging = args.mountpoint.with_file_name(format!(
-        ".{}.lazypull-layers",
-        args.mountpoint
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
     let mut opts = MountOptions::default();
     if let Some(path) = &args.record {
         let recorder = AccessRecorder::create(path)
             .with_context(|| format!("creating the record file {}", path.display()))?;
         opts.recorder = Some(Arc::new(recorder));
     }
-    if layers.len() == 1 {
-        let l = layers.into_iter().next().expect("one layer");
-        let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
-        prefetch(&opened, &l.hints.name);
-        backgrounds.extend(opened.background_fetch());
-        handles.push(mount(opened.tree, &args.mountpoint, &opts)?);
-    } else {
-        // Each layer on its own mount, stacked read-only by overlayfs (top layer first).
-        let mut lower = Vec::new();
-        for (i, l) in layers.into_iter().enumerate() {
-            let dir = staging.join(i.to_string());
-            clear_stale_mount(&dir);
-            std::fs::create_dir_all(&dir)?;
-            let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(&cache)))?;
-            prefetch(&opened, &l.hints.name);
-            backgrounds.extend(opened.background_fetch());
-            handles.push(mount(opened.tree, &dir, &opts)?);
-            lower.push(dir.display().to_string());
-        }
-        lower.reverse();
-        let data = format!("lowerdir={}", lower.join(":"));
-        mount_overlay(&args.mountpoint, &data)?;
-        overlay = Some(args.mountpoint.clone());
-    }
+    let mut image = mount_image(layers, &args.mountpoint, &cache, &opts)?;
+    let backgrounds = std::mem::take(&mut image.backgrounds);
     eprintln!(
         "lazypull: serving {} at {} (Ctrl-C or `lazypull umount {}` to stop)",
         args.source,
@@ -192,13 +230,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     for w in workers {
         let _ = w.join();
     }
-    if let Some(path) = overlay.filter(|p| is_mountpoint(p)) {
-        let _ = umount(&path);
-    }
-    for h in handles {
-        let _ = h.unmount();
-    }
-    let _ = std::fs::remove_dir_all(&staging);
+    image.unmount();
     eprintln!("lazypull: unmounted {}", args.mountpoint.display());
     eprintln!("{}", report(true));
     Ok(())

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use lazypull_converter::sample;
 
-use crate::util::http::RangeServer;
 use crate::util::tree::{compare, extract_layers_merged, snapshot, tar_names, without_markers};
 use crate::util::{is_root, lazypull, lazypull_bin, skip_unless};
+use lazypull_fuse::serve::{RangeServer, Throttle};
 
 /// Why FUSE mounts cannot run here, if they cannot.
 fn fuse_support() -> Result<(), String> {
@@ -338,7 +338,7 @@ fn one_small_file_over_http_fetches_under_one_percent() {
         .join(digest.trim_start_matches("sha256:"));
     let blob_size = std::fs::metadata(&blob).unwrap().len();
 
-    let server = RangeServer::start(HashMap::from([("blob".to_string(), blob.clone())]));
+    let server = RangeServer::start(HashMap::from([("blob".to_string(), blob.clone())])).unwrap();
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
         &["--no-background-fetch", "--toc-digest", toc],
@@ -474,7 +474,7 @@ fn prefetched_files_read_without_a_request() {
     let layer = &report["manifests"][0]["layers"][0];
     assert!(layer["prefetchSize"].as_u64().unwrap() > 0, "{layer}");
     let blob = layer_blob(&out, layer);
-    let server = RangeServer::start(HashMap::from([("base".to_string(), blob)]));
+    let server = RangeServer::start(HashMap::from([("base".to_string(), blob)])).unwrap();
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
         &[
@@ -530,7 +530,7 @@ fn background_fetch_makes_the_layer_local() {
     let layer = &report["manifests"][0]["layers"][1];
     let blob = layer_blob(&out, layer);
     let blob_size = std::fs::metadata(&blob).unwrap().len();
-    let server = RangeServer::start(HashMap::from([("app".to_string(), blob)]));
+    let server = RangeServer::start(HashMap::from([("app".to_string(), blob)])).unwrap();
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
         &[
@@ -576,7 +576,7 @@ fn server_outage_gives_eio_then_recovers() {
     let layer = &report["manifests"][0]["layers"][0];
     let blob = layer_blob(&out, layer);
     let files = HashMap::from([("base".to_string(), blob)]);
-    let server = RangeServer::start(files.clone());
+    let server = RangeServer::start(files.clone()).unwrap();
     let port = server.port();
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
@@ -608,7 +608,7 @@ fn server_outage_gives_eio_then_recovers() {
         "the failed read took {:?}",
         started.elapsed()
     );
-    let _back = RangeServer::start_on(port, files);
+    let _back = RangeServer::start_on(port, files, Throttle::default()).unwrap();
     let data = std::fs::read(mnt.join(&files_in_layer[0])).unwrap();
     assert!(!data.is_empty());
     served.stop();

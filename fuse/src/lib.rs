@@ -25,6 +25,7 @@ pub mod cache;
 pub mod fetch;
 pub mod fs;
 pub mod layer;
+pub mod serve;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
 pub use fetch::{FetchOptions, FetchStats, HttpBlob, RangeFetcher};

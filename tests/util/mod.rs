@@ -5,7 +5,6 @@
 
 pub mod erofs;
 pub mod gohelper;
-pub mod http;
 pub mod tarbuild;
 pub mod toc;
 pub mod tree;

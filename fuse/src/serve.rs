@@ -1,8 +1,10 @@
-//! A small HTTP/1.1 server on 127.0.0.1 that serves files with Range support and counts what it
-//! sends: the remote end of lazy mounts in the tests. It stops when dropped.
+//! A small HTTP/1.1 server on 127.0.0.1 that serves blobs with Range support, optionally
+//! throttled (bandwidth, round-trip latency), and counts what it sends: the remote end of lazy
+//! mounts in `lazypull demo` and in the tests. It stops when dropped. Not a production server:
+//! no TLS, no auth, loopback only.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,8 +15,19 @@ use std::time::Duration;
 /// What the server has sent.
 #[derive(Default)]
 pub struct Counters {
+    /// Requests answered.
     pub requests: AtomicU64,
+    /// Body bytes sent.
     pub body_bytes: AtomicU64,
+}
+
+/// A link to simulate: responses are delayed by `latency` and paced to `bandwidth`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Throttle {
+    /// Bytes per second; 0 for no limit.
+    pub bandwidth: u64,
+    /// Added before every response (one round trip).
+    pub latency: Duration,
 }
 
 /// A running server: `url(name)` of each file it serves.
@@ -27,19 +40,24 @@ pub struct RangeServer {
 
 impl RangeServer {
     /// Serve `files` (URL path name → file, read once into memory) on a free loopback port.
-    pub fn start(files: HashMap<String, PathBuf>) -> RangeServer {
-        RangeServer::start_on(0, files)
+    pub fn start(files: HashMap<String, PathBuf>) -> io::Result<RangeServer> {
+        RangeServer::start_on(0, files, Throttle::default())
     }
 
-    /// The same on `port` (0: any free one), e.g. to bring a stopped server back.
-    pub fn start_on(port: u16, files: HashMap<String, PathBuf>) -> RangeServer {
-        let files: HashMap<String, Arc<Vec<u8>>> = files
+    /// The same on `port` (0: any free one), e.g. to bring a stopped server back, over a link
+    /// shaped by `throttle`.
+    pub fn start_on(
+        port: u16,
+        files: HashMap<String, PathBuf>,
+        throttle: Throttle,
+    ) -> io::Result<RangeServer> {
+        let files = files
             .into_iter()
-            .map(|(k, p)| (k, Arc::new(std::fs::read(p).unwrap())))
-            .collect();
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
+            .map(|(k, p)| Ok((k, Arc::new(std::fs::read(p)?))))
+            .collect::<io::Result<HashMap<String, Arc<Vec<u8>>>>>()?;
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (Arc::clone(&counters), Arc::clone(&stop));
@@ -49,30 +67,38 @@ impl RangeServer {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let (c, f, s) = (Arc::clone(&c), Arc::clone(&files), Arc::clone(&s));
-                        std::thread::spawn(move || serve(conn, &f, &c, &s));
+                        std::thread::spawn(move || serve(conn, &f, &c, &s, throttle));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        RangeServer {
+        Ok(RangeServer {
             port,
             counters,
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The URL of the file served as `name`.
     pub fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{name}", self.port)
     }
 
+    /// Body bytes sent so far.
     pub fn body_bytes(&self) -> u64 {
         self.counters.body_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -85,11 +111,24 @@ impl Drop for RangeServer {
     }
 }
 
-fn serve(conn: TcpStream, files: &HashMap<String, Arc<Vec<u8>>>, c: &Counters, stop: &AtomicBool) {
-    conn.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+fn serve(
+    conn: TcpStream,
+    files: &HashMap<String, Arc<Vec<u8>>>,
+    c: &Counters,
+    stop: &AtomicBool,
+    throttle: Throttle,
+) {
+    if conn
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .is_err()
+    {
+        return;
+    }
     let _ = conn.set_nodelay(true);
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let Ok(clone) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
     let mut out = conn;
     // Keep-alive: one request after another until the client closes or the server stops.
     while !stop.load(Ordering::Relaxed) {
@@ -162,6 +201,12 @@ fn serve(conn: TcpStream, files: &HashMap<String, Arc<Vec<u8>>>, c: &Counters, s
         if method != "HEAD" {
             bytes.extend_from_slice(&data[start as usize..end as usize]);
             c.body_bytes.fetch_add(end - start, Ordering::Relaxed);
+        }
+        std::thread::sleep(throttle.latency);
+        if throttle.bandwidth > 0 {
+            std::thread::sleep(Duration::from_secs_f64(
+                bytes.len() as f64 / throttle.bandwidth as f64,
+            ));
         }
         if out.write_all(&bytes).is_err() {
             return;
