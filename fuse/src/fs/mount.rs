@@ -134,18 +134,23 @@ impl MountHandle {
         &self.mountpoint
     }
 
-    /// Unmount and wait for the server threads to end. A busy mount is an error (and stays
-    /// mounted until the handle is dropped, which detaches it).
+    /// Unmount and wait for the server threads to end. A busy mount (an overlay over it still
+    /// letting go, a process inside) is detached instead: the kernel finishes once the last
+    /// user is gone. Errs only when neither works.
     pub fn unmount(mut self) -> Result<(), MountError> {
         self.unmount_now()
     }
 
     fn unmount_now(&mut self) -> Result<(), MountError> {
-        match self.session.take() {
-            Some(session) => session
-                .umount_and_join()
-                .map_err(|e| MountError::new("unmounting", &self.mountpoint, e)),
-            None => Ok(()),
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        match session.umount_and_join() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "unmount failed; detaching instead");
+                unmount(&self.mountpoint)
+            }
         }
     }
 }
@@ -153,10 +158,7 @@ impl MountHandle {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Err(e) = self.unmount_now() {
-            tracing::warn!(error = %e, "unmount failed; detaching instead");
-            if let Err(e) = unmount(&self.mountpoint) {
-                tracing::warn!(error = %e, "detaching failed");
-            }
+            tracing::warn!(error = %e, "detaching failed");
         }
     }
 }
