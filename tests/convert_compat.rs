@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::util::toc::{read_toc, toc_names};
 use crate::util::tree::{assert_same_tree, tar_names};
 use crate::util::{
-    convert_ok, corpus_layer, decompress, gzip_layout, is_root, missing_tool, oci_ref,
-    report_layers, sha256, skip_unless, str_field, Layout, CHUNK,
+    assert_identical_runs, convert_ok, corpus_layer, decompress, gzip_layout, is_root,
+    missing_tool, oci_ref, report_layers, sha256, skip_unless, str_field, Layout, CHUNK,
 };
 
 pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -238,25 +238,7 @@ fn output_is_reproducible_across_threads() {
                 (report, Layout::new(&out))
             })
             .collect();
-        let (first_report, first) = &runs[0];
-        for (report, other) in &runs[1..] {
-            assert_eq!(
-                report["root"]["digest"], first_report["root"]["digest"],
-                "{format:?}: root digest differs between runs"
-            );
-            assert_eq!(
-                std::fs::read(first.dir.join("index.json")).unwrap(),
-                std::fs::read(other.dir.join("index.json")).unwrap()
-            );
-            assert_eq!(first.blob_names(), other.blob_names());
-            for name in first.blob_names() {
-                let digest = format!("sha256:{name}");
-                assert!(
-                    first.blob(&digest) == other.blob(&digest),
-                    "blob {name} differs"
-                );
-            }
-        }
+        assert_identical_runs(&runs, &format!("{format:?}"));
     }
 }
 

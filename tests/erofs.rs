@@ -28,8 +28,9 @@ use crate::util::tree::{
     whiteouts_as_overlay, without_markers, Diff, Tree,
 };
 use crate::util::{
-    convert_fails_with, convert_ok, corpus, corpus_layer, gzip_layout, layout_state, oci_ref,
-    report_layers, sha256, skip_unless, str_field, wrap_in_image_index, Layout, CHUNK,
+    assert_identical_runs, convert_fails_with, convert_ok, corpus, corpus_layer, gzip_layout,
+    layout_state, oci_ref, report_layers, sha256, skip_unless, str_field, wrap_in_image_index,
+    Layout, CHUNK,
 };
 
 /// The contract's default chunk size for EROFS output.
@@ -689,25 +690,7 @@ fn erofs_output_is_reproducible_across_threads() {
                 (report, Layout::new(&out))
             })
             .collect();
-        let (first_report, first) = &runs[0];
-        for (report, other) in &runs[1..] {
-            assert_eq!(
-                report["root"]["digest"], first_report["root"]["digest"],
-                "{framing:?}: root digest differs between runs"
-            );
-            assert_eq!(
-                std::fs::read(first.dir.join("index.json")).unwrap(),
-                std::fs::read(other.dir.join("index.json")).unwrap()
-            );
-            assert_eq!(first.blob_names(), other.blob_names());
-            for name in first.blob_names() {
-                let digest = format!("sha256:{name}");
-                assert!(
-                    first.blob(&digest) == other.blob(&digest),
-                    "blob {name} differs"
-                );
-            }
-        }
+        assert_identical_runs(&runs, &format!("{framing:?}"));
     }
 }
 

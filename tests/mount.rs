@@ -486,17 +486,11 @@ fn prefetched_files_read_without_a_request() {
         &mnt,
         &tmp.path().join("cache"),
     );
-    let after_mount = server
-        .counters
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let after_mount = server.requests();
     for path in ["etc/passwd", "etc/hostname"] {
         assert!(!std::fs::read(mnt.join(path)).unwrap().is_empty());
     }
-    let after_listed = server
-        .counters
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let after_listed = server.requests();
     assert_eq!(
         after_listed, after_mount,
         "reading prefetched files made requests"
@@ -507,10 +501,7 @@ fn prefetched_files_read_without_a_request() {
         .expect("a file outside etc/")
         .0;
     std::fs::read(mnt.join(&other)).unwrap();
-    let after_other = server
-        .counters
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let after_other = server.requests();
     served.stop();
     assert!(
         after_other > after_listed,

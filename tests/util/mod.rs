@@ -353,3 +353,27 @@ pub fn decompress(blob: &[u8], media_type: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Conversions of one image with different thread counts: every run's root digest,
+/// `index.json` and blobs must equal the first run's, byte for byte.
+pub fn assert_identical_runs(runs: &[(serde_json::Value, Layout)], what: &str) {
+    let (first_report, first) = &runs[0];
+    for (report, other) in &runs[1..] {
+        assert_eq!(
+            report["root"]["digest"], first_report["root"]["digest"],
+            "{what}: root digest differs between runs"
+        );
+        assert_eq!(
+            std::fs::read(first.dir.join("index.json")).unwrap(),
+            std::fs::read(other.dir.join("index.json")).unwrap()
+        );
+        assert_eq!(first.blob_names(), other.blob_names());
+        for name in first.blob_names() {
+            let digest = format!("sha256:{name}");
+            assert!(
+                first.blob(&digest) == other.blob(&digest),
+                "{what}: blob {name} differs"
+            );
+        }
+    }
+}

@@ -2,7 +2,9 @@
 
 use std::io::{self, Write};
 
-use super::layer::{copy_blob, ingest_layer, LayerIn, LayerOut, ANNOTATION_SOURCE_DIGEST};
+use super::layer::{
+    copy_blob, ingest_layer, LayerIn, LayerOut, ScaledProgress, ANNOTATION_SOURCE_DIGEST,
+};
 use super::report::LayerReport;
 use super::{BlobSink, ConvertOptions, Progress, TargetFormat};
 use crate::digest::Digest;
@@ -43,18 +45,14 @@ pub fn convert_erofs_layer(
         CHUNK_COMPRESSION_NONE
     };
     let mut chunked = ChunkedWriter::new(&mut out, compression, chunk_size, level);
-    // The bar counts source bytes; the image is about as large as the layer's tar.
-    let expected = layer.input.uncompressed_size.max(1);
-    let built = {
-        let mut counting = ProgressWriter {
+    let scaled = ScaledProgress::new(layer.input.uncompressed_size, desc.size, progress);
+    let built = builder.build(
+        &layer,
+        ProgressWriter {
             inner: &mut chunked,
-            done: 0,
-            expected,
-            source_size: desc.size,
-            progress,
-        };
-        builder.build(&layer, &mut counting)?
-    };
+            progress: &scaled,
+        },
+    )?;
     let wrapped = chunked.finish()?;
     let stored = out.finish()?;
     if stored.0 != wrapped.digest {
@@ -179,22 +177,16 @@ fn uuid_for(source: &Digest) -> [u8; 16] {
     uuid
 }
 
-/// Reports image bytes written as source bytes on the progress bar.
-struct ProgressWriter<'a, W> {
+/// Reports image bytes written on the progress bar (the image is about as large as the tar).
+struct ProgressWriter<'a, 'p, W> {
     inner: W,
-    done: u64,
-    expected: u64,
-    source_size: u64,
-    progress: &'a dyn Progress,
+    progress: &'a ScaledProgress<'p>,
 }
 
-impl<W: Write> Write for ProgressWriter<'_, W> {
+impl<W: Write> Write for ProgressWriter<'_, '_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        let before = self.done.min(self.expected) * self.source_size / self.expected;
-        self.done += n as u64;
-        let after = self.done.min(self.expected) * self.source_size / self.expected;
-        self.progress.bytes(after - before);
+        self.progress.advance(n as u64);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -64,16 +64,9 @@ pub fn convert_layer(
     let writer = EstargzWriter::new(wopts);
 
     // The writer reports uncompressed bytes; the bar counts source bytes, so scale.
-    let total = layer.input.uncompressed_size.max(1);
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let scaled = |n: u64| {
-        let before = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        let a = before.min(total) * source_size / total;
-        let b = (before + n).min(total) * source_size / total;
-        progress.bytes(b - a);
-    };
+    let scaled = ScaledProgress::new(layer.input.uncompressed_size, source_size, progress);
     let mut out = sink.create()?;
-    let written = writer.write(&layer, &mut out, &scaled)?;
+    let written = writer.write(&layer, &mut out, &|n| scaled.advance(n))?;
     let stored = out.finish()?;
     if stored.0 != written.digest {
         return Err(Error::format(format!(
@@ -307,6 +300,34 @@ fn decompressed_digest(blob: &dyn BlobRead, c: Compression) -> Result<(Digest, u
     }
     let len = h.len();
     Ok((h.finish(), len))
+}
+
+/// Reports `total` bytes of output work as `source_size` source bytes on the progress bar, so a
+/// layer's bar moves evenly whatever its compression ratio.
+pub(super) struct ScaledProgress<'a> {
+    done: std::sync::atomic::AtomicU64,
+    total: u64,
+    source_size: u64,
+    progress: &'a dyn Progress,
+}
+
+impl<'a> ScaledProgress<'a> {
+    pub(super) fn new(total: u64, source_size: u64, progress: &'a dyn Progress) -> Self {
+        ScaledProgress {
+            done: std::sync::atomic::AtomicU64::new(0),
+            total: total.max(1),
+            source_size,
+            progress,
+        }
+    }
+
+    /// `n` more bytes of output work done.
+    pub(super) fn advance(&self, n: u64) {
+        let before = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let a = before.min(self.total) * self.source_size / self.total;
+        let b = (before + n).min(self.total) * self.source_size / self.total;
+        self.progress.bytes(b - a);
+    }
 }
 
 /// Counts source bytes read into the progress bar.
