@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
 use lazypull_converter::{BlobRead, Digest, FileBlob};
+use lazypull_fuse::background::{BackgroundFetch, BackgroundOptions, LayerProgress};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::fs::AccessRecorder;
-use lazypull_fuse::layer::{open_layer, BackgroundFetch, LayerHints, OpenedLayer, SharedBlob};
+use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
 /// Arguments of `lazypull mount`.
@@ -51,7 +52,9 @@ pub(crate) struct MountedImage {
     overlay: Option<PathBuf>,
     staging: PathBuf,
     /// The whole-layer fetches to run in the background, one per layer.
-    pub(crate) backgrounds: Vec<BackgroundFetch>,
+    pub(crate) backgrounds: Vec<(BackgroundFetch, Arc<LayerProgress>)>,
+    /// What each layer's prefetch and background fetch did, bottom layer first.
+    pub(crate) progress: Vec<Arc<LayerProgress>>,
 }
 
 /// Open every layer (prefetching its region), mount each, and stack them read-only at
@@ -74,6 +77,7 @@ pub(crate) fn mount_image(
         overlay: None,
         staging,
         backgrounds: Vec::new(),
+        progress: Vec::new(),
     };
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating {}", mountpoint.display()))?;
@@ -88,8 +92,13 @@ pub(crate) fn mount_image(
         clear_stale_mount(&dir);
         std::fs::create_dir_all(&dir)?;
         let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
-        prefetch(&opened, &l.hints.name);
-        image.backgrounds.extend(opened.background_fetch());
+        let progress = Arc::new(LayerProgress::new(&l.hints.name));
+        prefetch(&opened, &progress);
+        if let Some(fetch) = opened.background_fetch() {
+            progress.chunks.store(fetch.chunks, Ordering::Relaxed);
+            image.backgrounds.push((fetch, Arc::clone(&progress)));
+        }
+        image.progress.push(progress);
         image.handles.push(mount(opened.tree, &dir, opts)?);
         lower.push(dir.display().to_string());
     }
@@ -151,6 +160,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     }
     let mut image = mount_image(layers, &args.mountpoint, &cache, &opts)?;
     let backgrounds = std::mem::take(&mut image.backgrounds);
+    let progress = std::mem::take(&mut image.progress);
     eprintln!(
         "lazypull: serving {} at {} (Ctrl-C or `lazypull umount {}` to stop)",
         args.source,
@@ -160,25 +170,18 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = if args.background_fetch {
+        let bg = BackgroundOptions {
+            rate: args.background_rate,
+            ..BackgroundOptions::default()
+        };
         backgrounds
             .into_iter()
-            .map(|walk| {
-                let (stop, rate) = (Arc::clone(&stop), args.background_rate);
+            .map(|(fetch, progress)| {
+                let (stop, demand) = (Arc::clone(&stop), Arc::clone(&opts.demand));
                 std::thread::spawn(move || {
-                    let started = Instant::now();
-                    let mut sent = 0u64;
-                    let n = walk(&mut |bytes| {
-                        sent += bytes;
-                        // Pace to the rate; on-demand reads keep the rest of the link.
-                        if rate > 0 {
-                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                std::thread::sleep(wait.min(Duration::from_secs(1)));
-                            }
-                        }
-                        !stop.load(Ordering::Relaxed)
-                    });
-                    tracing::info!("background fetch visited {n} chunks");
+                    if fetch.run(bg, &demand, &stop, &progress) {
+                        tracing::info!(layer = progress.name, "background fetch done");
+                    }
                 })
             })
             .collect()
@@ -190,7 +193,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .context("installing the SIGUSR1 handler")?;
     let stats_file = cache_dir.join("stats.json");
     let report = |final_report: bool| -> String {
-        let json = stats_json(&args, &cache, fetcher.as_ref(), final_report);
+        let json = stats_json(&args, &cache, fetcher.as_ref(), &progress, final_report);
         // Written beside the cache, replaced atomically, for monitoring while mounted.
         let tmp = stats_file.with_extension("json.tmp");
         if std::fs::write(&tmp, &json)
@@ -237,9 +240,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 }
 
 /// Bring a layer's prefetch region in before serving it; a failure only costs the head start.
-fn prefetch(layer: &OpenedLayer, name: &str) {
+fn prefetch(layer: &OpenedLayer, progress: &LayerProgress) {
+    let name = &progress.name;
     match layer.prefetch() {
         Ok(s) if s.chunks > 0 => {
+            progress.prefetch_bytes.store(s.bytes, Ordering::Relaxed);
+            progress.prefetch_chunks.store(s.chunks, Ordering::Relaxed);
             eprintln!(
                 "lazypull: prefetched {} chunks ({} bytes, one request) of {name}",
                 s.chunks, s.bytes
@@ -250,11 +256,13 @@ fn prefetch(layer: &OpenedLayer, name: &str) {
     }
 }
 
-/// The statistics report: what was fetched, from where, and how the cache did.
+/// The statistics report: what was fetched, from where, how the cache did, and where each
+/// layer's prefetch and background fetch are.
 fn stats_json(
     args: &MountArgs,
     cache: &ChunkCache,
     fetcher: Option<&RangeFetcher>,
+    layers: &[Arc<LayerProgress>],
     unmounted: bool,
 ) -> String {
     let c = cache.stats();
@@ -272,10 +280,13 @@ fn stats_json(
         "cache": {
             "memoryHits": c.memory_hits, "diskHits": c.disk_hits, "misses": c.misses,
             "fetches": c.fetches, "fetchWaits": c.fetch_waits, "inserts": c.inserts,
-            "evictions": c.evictions, "verificationFailures": c.corrupt_dropped,
+            "evictions": c.evictions,
+            "verificationFailures": c.corrupt_dropped + c.fetched_mismatches,
+            "corruptDropped": c.corrupt_dropped, "fetchedMismatches": c.fetched_mismatches,
             "readErrors": c.read_errors, "writeErrors": c.write_errors,
             "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
         },
+        "layers": layers.iter().map(|l| l.to_json()).collect::<Vec<_>>(),
     })
     .to_string()
 }

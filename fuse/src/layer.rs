@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lazypull_converter::erofs::chunk_index::{
-    parse_range_annotation, read_embedded_index, ChunkStore, ChunkedImage,
+    find_trailing_index, parse_range_annotation, read_embedded_index, ChunkStore, ChunkedImage,
 };
 use lazypull_converter::erofs::format as erofs_format;
 use lazypull_converter::erofs::ErofsReader;
@@ -19,6 +19,7 @@ use lazypull_converter::estargz::format as estargz_format;
 use lazypull_converter::estargz::{ChunkRef, EstargzReader, FileEntry};
 use lazypull_converter::{BlobRead, Digest, Error, Result};
 
+use crate::background::{BackgroundFetch, WalkStep};
 use crate::cache::ChunkCache;
 use crate::fs::{ChunkSource, ErofsTree, EstargzTree, LayerTree};
 
@@ -59,10 +60,6 @@ pub struct OpenedLayer {
 }
 
 type Prefetcher = Box<dyn Fn() -> Result<PrefetchStats> + Send + Sync>;
-
-/// Walks every chunk of a layer through the cache; `pace(bytes)` is called after each chunk and
-/// returns `false` to stop. Returns the chunks visited.
-pub type BackgroundFetch = Arc<dyn Fn(&mut dyn FnMut(u64) -> bool) -> u64 + Send + Sync>;
 
 /// What [`OpenedLayer::prefetch`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,11 +157,36 @@ pub fn open_layer(
         .media_type
         .as_deref()
         .is_some_and(|m| m.starts_with(erofs_format::MEDIA_TYPE_EROFS));
+    let name = || format!("layer {}", hints.name);
     if erofs_range.is_some() || is_erofs_type {
-        return open_erofs(blob, hints, erofs_range.map(String::as_str), cache)
-            .map_err(|e| e.context(format!("layer {}", hints.name)));
+        let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
+        let range = erofs_range
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no {} annotation: the chunk index cannot be found",
+                    erofs_format::ANNOTATION_CHUNK_INDEX_RANGE
+                ))
+            })
+            .and_then(|r| parse_range_annotation(r))
+            .map_err(|e| e.context(name()))?;
+        return open_erofs(blob, hints, range, zstd, cache).map_err(|e| e.context(name()));
     }
-    open_estargz(blob, hints, cache).map_err(|e| e.context(format!("layer {}", hints.name)))
+    if hints.media_type.is_some() {
+        return open_estargz(blob, hints, cache).map_err(|e| e.context(name()));
+    }
+    // A bare blob (a file or URL): eStargz if its footer says so, else an EROFS blob if a chunk
+    // index ends it; when neither, the eStargz error says why. An eStargz blob that fails its
+    // digest is not looked at again.
+    open_estargz(Arc::clone(&blob), hints, cache.clone()).or_else(|estargz_err| {
+        if matches!(estargz_err.root(), Error::DigestMismatch { .. }) {
+            return Err(estargz_err.context(name()));
+        }
+        match find_trailing_index(&blob) {
+            Ok(Some(found)) => open_erofs(blob, hints, (found.start, None), found.zstd, cache),
+            _ => Err(estargz_err),
+        }
+        .map_err(|e| e.context(name()))
+    })
 }
 
 fn open_estargz(
@@ -201,21 +223,30 @@ fn open_estargz(
                 cache,
             });
             let all = Arc::clone(&chunks);
-            background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
-                let mut n = 0;
+            let (count, bytes) = reader
+                .entries()
+                .iter()
+                .flat_map(|e| &e.chunks)
+                .fold((0u64, 0u64), |(n, b), c| {
+                    (n + 1, b + c.blob_end.saturating_sub(c.blob_offset))
+                });
+            let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
                 for e in all.reader.entries() {
                     for c in &e.chunks {
-                        if let Err(err) = all.chunk(e, c) {
-                            tracing::warn!("background fetch of `{}`: {err}", e.name);
+                        let cached = c.digest.is_some_and(|d| all.cache.contains(&d));
+                        let bytes = c.blob_end.saturating_sub(c.blob_offset);
+                        if !step(WalkStep { bytes, cached }) {
+                            return;
                         }
-                        n += 1;
-                        if !pace(c.blob_end.saturating_sub(c.blob_offset)) {
-                            return n;
+                        if !cached {
+                            if let Err(err) = all.chunk(e, c) {
+                                tracing::warn!("background fetch of `{}`: {err}", e.name);
+                            }
                         }
                     }
                 }
-                n
-            }));
+            };
+            background = Some(BackgroundFetch::new(count, bytes, Arc::new(walk)));
             if let Some(end) = prefetch_end {
                 let (chunks, region) = (Arc::clone(&chunks), Arc::clone(&region));
                 prefetcher = Some(Box::new(move || {
@@ -251,16 +282,10 @@ fn open_estargz(
 fn open_erofs(
     blob: SharedBlob,
     hints: &LayerHints,
-    range: Option<&str>,
+    range: (u64, Option<u64>),
+    zstd: bool,
     cache: Option<Arc<ChunkCache>>,
 ) -> Result<OpenedLayer> {
-    let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
-    let range = range.ok_or_else(|| {
-        Error::Invalid(format!(
-            "no {} annotation: the chunk index cannot be found",
-            erofs_format::ANNOTATION_CHUNK_INDEX_RANGE
-        ))
-    })?;
     let annotated = hints
         .annotations
         .get(erofs_format::ANNOTATION_CHUNK_INDEX_DIGEST)
@@ -275,8 +300,7 @@ fn open_erofs(
                 .into(),
         ));
     }
-    let (index, start) =
-        read_embedded_index(&blob, zstd, parse_range_annotation(range)?, anchor.as_ref())?;
+    let (index, start) = read_embedded_index(&blob, zstd, range, anchor.as_ref())?;
     let prefetch_end = hints
         .annotations
         .get(erofs_format::ANNOTATION_LAZYPULL_PREFETCH_RANGE)
@@ -287,7 +311,7 @@ fn open_erofs(
     let mut background: Option<BackgroundFetch> = None;
     let mut image = ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start);
     if let Some(cache) = cache {
-        let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(cache));
+        let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(Arc::clone(&cache)));
         image = image.with_store(Arc::clone(&store));
         let (all, idx, st) = (
             ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start)
@@ -295,21 +319,33 @@ fn open_erofs(
             index.clone(),
             start,
         );
-        background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
+        let n = idx.entries().len();
+        let bytes = (0..n)
+            .map(|i| {
+                let stored = idx.chunk_ranges(i, st).0;
+                stored.end - stored.start
+            })
+            .sum();
+        let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
             let mut buf = Vec::new();
-            let n = idx.entries().len();
-            for i in 0..n {
+            for (i, entry) in idx.entries().iter().enumerate() {
                 let (stored, r) = idx.chunk_ranges(i, st);
-                buf.resize((r.end - r.start) as usize, 0);
-                if let Err(err) = all.read_at(r.start, &mut buf) {
-                    tracing::warn!("background fetch of image chunk {i}: {err}");
+                let cached = entry
+                    .checksum
+                    .is_some_and(|c| cache.contains(&Digest::from_bytes(c)));
+                let bytes = stored.end - stored.start;
+                if !step(WalkStep { bytes, cached }) {
+                    return;
                 }
-                if !pace(stored.end - stored.start) {
-                    return i as u64 + 1;
+                if !cached {
+                    buf.resize((r.end - r.start) as usize, 0);
+                    if let Err(err) = all.read_at(r.start, &mut buf) {
+                        tracing::warn!("background fetch of image chunk {i}: {err}");
+                    }
                 }
             }
-            n as u64
-        }));
+        };
+        background = Some(BackgroundFetch::new(n as u64, bytes, Arc::new(walk)));
         if let Some(end) = prefetch_end.filter(|&e| e > 0) {
             let region = Arc::clone(&region);
             prefetcher = Some(Box::new(move || {

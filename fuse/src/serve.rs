@@ -34,6 +34,8 @@ pub struct Throttle {
 pub struct RangeServer {
     port: u16,
     pub counters: Arc<Counters>,
+    /// Milliseconds added before every response from now on (a server turning slow).
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -60,14 +62,20 @@ impl RangeServer {
         let port = listener.local_addr()?.port();
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (Arc::clone(&counters), Arc::clone(&stop));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (c, s, d) = (
+            Arc::clone(&counters),
+            Arc::clone(&stop),
+            Arc::clone(&delay_ms),
+        );
         let files = Arc::new(files);
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let (c, f, s) = (Arc::clone(&c), Arc::clone(&files), Arc::clone(&s));
-                        std::thread::spawn(move || serve(conn, &f, &c, &s, throttle));
+                        let d = Arc::clone(&d);
+                        std::thread::spawn(move || serve(conn, &f, &c, &s, &d, throttle));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -76,6 +84,7 @@ impl RangeServer {
         Ok(RangeServer {
             port,
             counters,
+            delay_ms,
             stop,
             thread: Some(thread),
         })
@@ -94,6 +103,12 @@ impl RangeServer {
     /// Body bytes sent so far.
     pub fn body_bytes(&self) -> u64 {
         self.counters.body_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Delay every response from now on by `delay` more (on top of the throttle's latency).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Requests answered so far.
@@ -116,6 +131,7 @@ fn serve(
     files: &HashMap<String, Arc<Vec<u8>>>,
     c: &Counters,
     stop: &AtomicBool,
+    delay_ms: &AtomicU64,
     throttle: Throttle,
 ) {
     if conn
@@ -203,6 +219,7 @@ fn serve(
             c.body_bytes.fetch_add(end - start, Ordering::Relaxed);
         }
         std::thread::sleep(throttle.latency);
+        std::thread::sleep(Duration::from_millis(delay_ms.load(Ordering::Relaxed)));
         if throttle.bandwidth > 0 {
             std::thread::sleep(Duration::from_secs_f64(
                 bytes.len() as f64 / throttle.bandwidth as f64,
