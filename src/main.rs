@@ -38,7 +38,8 @@ enum Command {
     ///
     /// SOURCE: a blob file or an `http://`/`https://` URL of a blob on any server with Range
     /// support (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with overlayfs;
-    /// `--layer DIGEST` for one). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    /// `--layer DIGEST` for one), or `oci:http://HOST/PATH[:TAG]`, an image layout on an HTTP
+    /// server. Serves until Ctrl-C, SIGTERM or `lazypull umount`.
     #[command(verbatim_doc_comment)]
     Mount(MountCmd),
     /// Unmount what `lazypull mount` serves; the server then exits.
@@ -112,7 +113,7 @@ struct ConvertCmd {
 
 #[derive(clap::Args, Debug)]
 struct MountCmd {
-    /// A converted layer blob file or URL, or `oci:DIR[:TAG]`.
+    /// A converted layer blob file or URL, `oci:DIR[:TAG]` or `oci:http://HOST/PATH[:TAG]`.
     source: String,
     /// Where to mount (created if missing).
     mountpoint: PathBuf,

@@ -10,7 +10,7 @@ use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, Plat
 use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::background::{BackgroundFetch, BackgroundOptions, LayerProgress};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
-use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
+use lazypull_fuse::fetch::{open_http_layout, split_url_tag, FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::fs::AccessRecorder;
 use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
@@ -132,7 +132,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let fetcher = if args.source.starts_with("http://") || args.source.starts_with("https://") {
+    let remote = ["http://", "https://", "oci:http://", "oci:https://"];
+    let fetcher = if remote.iter().any(|p| args.source.starts_with(p)) {
         Some(RangeFetcher::new(FetchOptions {
             timeout: args.fetch_timeout,
             retries: args.fetch_retries,
@@ -312,7 +313,8 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// The layers SOURCE names: a blob file, or an OCI layout's image (one layer with `--layer`).
+/// The layers SOURCE names: a blob file or URL, or the image of an OCI layout, local or on an
+/// HTTP server (one layer with `--layer`).
 fn resolve_source(
     args: &MountArgs,
     trusted: Option<Digest>,
@@ -333,8 +335,14 @@ fn resolve_source(
             },
         }]);
     }
-    let r: ImageRef = args.source.parse()?;
-    let source = oci::open_source(&r)?;
+    let source: Box<dyn oci::ImageSource> = match (args.source.strip_prefix("oci:"), fetcher) {
+        // An image layout on a plain HTTP server.
+        (Some(rest), Some(fetcher)) if rest.starts_with("http") => {
+            let (url, tag) = split_url_tag(rest);
+            Box::new(open_http_layout(fetcher, url, tag.map(String::from))?)
+        }
+        _ => oci::open_source(&args.source.parse::<ImageRef>()?)?,
+    };
     let root = source.root()?;
     let manifest = match ImageNode::read(source.as_ref(), &root)? {
         ImageNode::Manifest(m) => m,

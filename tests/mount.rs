@@ -229,9 +229,11 @@ fn mount_image_matches_layers(format: &str) {
         .flat_map(|t| without_markers(&tar_names(t)))
         .collect();
 
+    // The converted layout on a plain HTTP server, mounted from its URL.
+    let server = RangeServer::start_dir(tmp.path().to_path_buf(), Throttle::default()).unwrap();
     let cache = tmp.path().join("cache");
     let mnt = tmp.path().join("mnt");
-    let source = format!("oci:{}:t", out.display());
+    let source = format!("oci:{}:t", server.url("out"));
     let served = Served::start(&source, &mnt, &cache);
     let got = without_dir_mtimes(snapshot(&mnt));
     let diff = compare(&want, &got, Some(&explicit));
@@ -246,10 +248,18 @@ fn mount_image_matches_layers(format: &str) {
     assert!(stats["cache"]["misses"].as_u64().unwrap() > 0, "{first}");
     assert_eq!(stats["unmounted"], true);
 
-    // The same image again, same cache: every chunk comes from the cache, none from the blob.
+    let cold_bytes = server.body_bytes();
+
+    // The same image again, same cache: every chunk comes from the cache, none from the blob;
+    // only the image's JSON and the TOCs or chunk indexes cross the network again.
     let served = Served::start(&source, &mnt, &cache);
     assert_eq!(read_everything(&mnt), bytes);
     let second = served.stop();
+    let warm_bytes = server.body_bytes() - cold_bytes;
+    assert!(
+        warm_bytes * 5 < cold_bytes,
+        "{format}: the warm mount fetched {warm_bytes} bytes, the cold one {cold_bytes}"
+    );
     let stats = final_stats(&second);
     assert!(
         stats["cache"]["misses"] == 0 && stats["cache"]["fetches"] == 0,

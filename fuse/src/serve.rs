@@ -30,6 +30,51 @@ pub struct Throttle {
     pub latency: Duration,
 }
 
+/// What a server serves: named files held in memory, or a directory tree read on demand.
+enum Files {
+    Memory(HashMap<String, Arc<Vec<u8>>>),
+    Dir(PathBuf),
+}
+
+impl Files {
+    /// The size of the file at URL path `path` (without the leading `/`), if there is one.
+    fn size(&self, path: &str) -> Option<u64> {
+        match self {
+            Files::Memory(m) => m.get(path).map(|d| d.len() as u64),
+            Files::Dir(root) => {
+                let meta = std::fs::metadata(dir_path(root, path)?).ok()?;
+                meta.is_file().then(|| meta.len())
+            }
+        }
+    }
+
+    /// Bytes `[start, end)` of the file at `path`.
+    fn read(&self, path: &str, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        let missing = || io::Error::from(io::ErrorKind::NotFound);
+        match self {
+            Files::Memory(m) => {
+                let d = m.get(path).ok_or_else(missing)?;
+                Ok(d[start as usize..end as usize].to_vec())
+            }
+            Files::Dir(root) => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(dir_path(root, path).ok_or_else(missing)?)?;
+                let mut buf = vec![0; (end - start) as usize];
+                f.read_exact_at(&mut buf, start)?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// `path` under `root`, refusing anything that could leave it.
+fn dir_path(root: &std::path::Path, path: &str) -> Option<PathBuf> {
+    let ok = path
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'));
+    ok.then(|| root.join(path))
+}
+
 /// A running server: `url(name)` of each file it serves.
 pub struct RangeServer {
     port: u16,
@@ -57,6 +102,16 @@ impl RangeServer {
             .into_iter()
             .map(|(k, p)| Ok((k, Arc::new(std::fs::read(p)?))))
             .collect::<io::Result<HashMap<String, Arc<Vec<u8>>>>>()?;
+        RangeServer::start_files(port, Files::Memory(files), throttle)
+    }
+
+    /// Serve every file under directory `root` by its relative path (an OCI image layout,
+    /// say), read from disk on each request.
+    pub fn start_dir(root: PathBuf, throttle: Throttle) -> io::Result<RangeServer> {
+        RangeServer::start_files(0, Files::Dir(root), throttle)
+    }
+
+    fn start_files(port: u16, files: Files, throttle: Throttle) -> io::Result<RangeServer> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -128,7 +183,7 @@ impl Drop for RangeServer {
 
 fn serve(
     conn: TcpStream,
-    files: &HashMap<String, Arc<Vec<u8>>>,
+    files: &Files,
     c: &Counters,
     stop: &AtomicBool,
     delay_ms: &AtomicU64,
@@ -183,11 +238,11 @@ fn serve(
             }
         }
         c.requests.fetch_add(1, Ordering::Relaxed);
-        let Some(data) = files.get(path.trim_start_matches('/')) else {
+        let path = path.trim_start_matches('/');
+        let Some(size) = files.size(path) else {
             let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
-        let size = data.len() as u64;
         let (status, start, end) = match range {
             Some((Some(a), b)) if a < size => {
                 let e = b.map_or(size - 1, |b| b.min(size - 1));
@@ -215,7 +270,10 @@ fn serve(
         resp.push_str("\r\n");
         let mut bytes = resp.into_bytes();
         if method != "HEAD" {
-            bytes.extend_from_slice(&data[start as usize..end as usize]);
+            match files.read(path, start, end) {
+                Ok(body) => bytes.extend_from_slice(&body),
+                Err(_) => return,
+            }
             c.body_bytes.fetch_add(end - start, Ordering::Relaxed);
         }
         std::thread::sleep(throttle.latency);

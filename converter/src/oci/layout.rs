@@ -11,9 +11,9 @@ use super::image::Index;
 use super::source::{check_size, ImageSource};
 use super::ANNOTATION_REF_NAME;
 
-/// Files of a layout by relative path (`index.json`, `blobs/sha256/<hex>`): a directory, or the
-/// members of an indexed tar.
-pub(crate) trait LayoutFiles: Send + Sync {
+/// Files of a layout by relative path (`index.json`, `blobs/sha256/<hex>`): a directory, the
+/// members of an indexed tar, or a layout served over HTTP (in the lazy filesystem's crate).
+pub trait LayoutFiles: Send + Sync {
     /// The file at `path`, or `None` if there is none.
     fn open(&self, path: &str) -> Result<Option<Box<dyn BlobRead>>>;
 }
@@ -56,12 +56,8 @@ impl LayoutSource {
         LayoutSource::new(Box::new(DirFiles(dir.to_path_buf())), name, tag)
     }
 
-    /// A layout over `files`, checking its `oci-layout` marker.
-    pub(crate) fn new(
-        files: Box<dyn LayoutFiles>,
-        name: String,
-        tag: Option<String>,
-    ) -> Result<Self> {
+    /// A layout over `files`, checking its `oci-layout` marker; `name` is for messages.
+    pub fn new(files: Box<dyn LayoutFiles>, name: String, tag: Option<String>) -> Result<Self> {
         let src = LayoutSource { files, name, tag };
         let marker = src.small_file("oci-layout")?.ok_or_else(|| {
             Error::format(format!(

@@ -31,6 +31,7 @@
 mod blob;
 mod error;
 mod fetcher;
+mod layout;
 mod options;
 mod range;
 mod request;
@@ -40,4 +41,5 @@ mod tests;
 pub use blob::HttpBlob;
 pub use error::{redact, FetchError, FetchErrorKind, RequestDesc};
 pub use fetcher::RangeFetcher;
+pub use layout::{open_http_layout, split_url_tag};
 pub use options::{FetchOptions, FetchStats};
