@@ -43,7 +43,7 @@ impl Files {
             Files::Memory(m) => m.get(path).map(|d| d.len() as u64),
             Files::Dir(root) => {
                 let meta = std::fs::metadata(dir_path(root, path)?).ok()?;
-                meta.is_file().then(|| meta.len())
+                meta.is_file().then_some(meta.len())
             }
         }
     }
