@@ -14,12 +14,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #   skopeo, umoci: other OCI tools that must accept our images;
 #   tar, gzip, pigz, zstd: extracting and compressing layers as users do;
 #   attr (getfattr), jq: inspecting results by hand when a test fails;
-#   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates.
+#   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates;
+#   curl, librsvg2-bin: the cold-start benchmark's full pull and its PNG chart (`bench --quick`).
 PACKAGES=(
     golang-go golang-github-containerd-stargz-snapshotter-dev
     skopeo umoci
     tar gzip pigz zstd
     attr jq erofs-utils ca-certificates
+    curl librsvg2-bin
 )
 
 missing=()

@@ -53,6 +53,11 @@ enum Command {
     ///
     /// Example: lazypull demo --keep ./demo-out
     Demo(DemoCmd),
+    /// Cold-start benchmark: full pull vs lazy eStargz vs lazy EROFS, with and without a
+    /// recorded prefetch list, over an emulated link (root only).
+    ///
+    /// Example: lazypull bench --images python,gcc --runs 5 --network 100mbit:20ms
+    Bench(BenchCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -192,6 +197,42 @@ struct DemoCmd {
     latency: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct BenchCmd {
+    /// Smoke test: one small image, one run per mode, the first network.
+    #[arg(long)]
+    quick: bool,
+    /// Images to build from this machine's software: python, gcc, java (and quick).
+    ///
+    /// Example: --images python,gcc
+    #[arg(long, value_delimiter = ',', default_value = "python,gcc,java")]
+    images: Vec<String>,
+    /// Runs per mode (median and spread are reported).
+    ///
+    /// Example: --runs 3
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Links to emulate, RATE:RTT, repeatable (default: 100mbit:20ms, 1gbit:2ms, 100mbit:50ms).
+    ///
+    /// Example: --network 100mbit:20ms --network 1gbit:2ms
+    #[arg(long)]
+    network: Vec<String>,
+    /// Where images and conversions are kept between runs (default: $TMPDIR/lazypull-bench).
+    ///
+    /// Example: --work /var/tmp/lazypull-bench
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Where coldstart.json, coldstart.svg and coldstart.png are written.
+    ///
+    /// Example: --out ./bench-out
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Keep the lazy mounts' background fetch on (off by default, so that bytes fetched are
+    /// what the workload needed).
+    #[arg(long)]
+    background_fetch: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum FormatArg {
     Estargz,
@@ -246,6 +287,17 @@ fn main() -> ExitCode {
             keep: d.keep,
             bandwidth_mbit: d.bandwidth,
             latency_ms: d.latency,
+        }),
+        Command::Bench(b) => lazypull::bench::networks(&b.network).and_then(|networks| {
+            lazypull::bench::run_bench(lazypull::bench::BenchArgs {
+                quick: b.quick,
+                images: b.images,
+                runs: b.runs.max(1),
+                networks,
+                work: b.work.unwrap_or_else(lazypull::bench::default_work_dir),
+                out: b.out,
+                background_fetch: b.background_fetch,
+            })
         }),
     };
     match result {

@@ -82,8 +82,31 @@ pub(crate) fn mount_image(
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating {}", mountpoint.display()))?;
     let single = layers.len() == 1;
+    // Open and prefetch the layers at once: their metadata and prefetch regions are fetched
+    // in parallel, not one round trip after another.
+    let opened: Vec<Result<(OpenedLayer, Arc<LayerProgress>)>> = std::thread::scope(|s| {
+        let tasks: Vec<_> = layers
+            .into_iter()
+            .map(|l| {
+                s.spawn(move || {
+                    let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
+                    let progress = Arc::new(LayerProgress::new(&l.hints.name));
+                    prefetch(&opened, &progress);
+                    Ok((opened, progress))
+                })
+            })
+            .collect();
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| bail!("opening a layer panicked"))
+            })
+            .collect()
+    });
     let mut lower = Vec::new();
-    for (i, l) in layers.into_iter().enumerate() {
+    for (i, opened) in opened.into_iter().enumerate() {
+        let (opened, progress) = opened?;
         let dir = if single {
             mountpoint.to_path_buf()
         } else {
@@ -91,9 +114,6 @@ pub(crate) fn mount_image(
         };
         clear_stale_mount(&dir);
         std::fs::create_dir_all(&dir)?;
-        let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
-        let progress = Arc::new(LayerProgress::new(&l.hints.name));
-        prefetch(&opened, &progress);
         if let Some(fetch) = opened.background_fetch() {
             progress.chunks.store(fetch.chunks, Ordering::Relaxed);
             image.backgrounds.push((fetch, Arc::clone(&progress)));

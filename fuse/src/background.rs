@@ -46,7 +46,9 @@ impl Default for BackgroundOptions {
     fn default() -> Self {
         BackgroundOptions {
             rate: 20 << 20,
-            quiet: Duration::from_millis(20),
+            // A starting workload reads every few milliseconds, with pauses of some hundreds
+            // while it computes: the walk waits out those too.
+            quiet: Duration::from_millis(500),
         }
     }
 }

@@ -52,17 +52,32 @@ pub fn is_would_block(err: &Error) -> bool {
 }
 
 /// How many requests are waiting on the network, and since when nothing has been.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Demand {
     state: Mutex<DemandState>,
     idle: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DemandState {
     waiting: u64,
-    last_done: Option<Instant>,
+    /// When the last request stopped waiting; at first, when the mount started (a workload
+    /// is about to start reading: the quiet period applies from then).
+    last_done: Instant,
     served: u64,
+}
+
+impl Default for Demand {
+    fn default() -> Self {
+        Demand {
+            state: Mutex::new(DemandState {
+                waiting: 0,
+                last_done: Instant::now(),
+                served: 0,
+            }),
+            idle: Condvar::new(),
+        }
+    }
 }
 
 /// Held while a request waits on the network; dropping it ends the wait.
@@ -105,7 +120,7 @@ impl Demand {
                     .0;
                 continue;
             }
-            let since = state.last_done.map_or(quiet, |t| t.elapsed());
+            let since = state.last_done.elapsed();
             match quiet.checked_sub(since) {
                 Some(rest) if !rest.is_zero() => {
                     state = self
@@ -125,7 +140,7 @@ impl Drop for DemandGuard<'_> {
         let mut state = self.0.state();
         state.waiting -= 1;
         state.served += 1;
-        state.last_done = Some(Instant::now());
+        state.last_done = Instant::now();
         drop(state);
         self.0.idle.notify_all();
     }
@@ -165,8 +180,9 @@ mod tests {
     #[test]
     fn wait_idle_waits_for_requests_and_the_quiet_period() {
         let demand = Arc::new(Demand::default());
-        // Nothing ever waited: no wait at all.
-        assert!(demand.wait_idle(Duration::from_millis(200)) < Duration::from_millis(100));
+        // Nothing ever waited: the quiet period counts from the start.
+        assert!(demand.wait_idle(Duration::from_millis(100)) >= Duration::from_millis(50));
+        assert!(demand.wait_idle(Duration::from_millis(100)) < Duration::from_millis(100));
         let d = Arc::clone(&demand);
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

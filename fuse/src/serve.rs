@@ -19,6 +19,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Body bytes sent.
     pub body_bytes: AtomicU64,
+    /// When each request arrived, in order.
+    pub arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
 }
 
 /// A link to simulate: responses are delayed by `latency` and paced to `bandwidth`.
@@ -166,6 +168,15 @@ impl RangeServer {
         self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// When each request so far arrived.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.counters
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.counters.requests.load(Ordering::Relaxed)
@@ -238,6 +249,9 @@ fn serve(
             }
         }
         c.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut a) = c.arrivals.lock() {
+            a.push(std::time::Instant::now());
+        }
         let path = path.trim_start_matches('/');
         let Some(size) = files.size(path) else {
             let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");

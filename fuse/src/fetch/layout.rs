@@ -2,7 +2,7 @@
 //! `index.json`, `oci-layout` and `blobs/sha256/…` under one base URL. Blobs are [`HttpBlob`]s,
 //! so layers are read by range requests like any remote blob.
 
-use lazypull_converter::oci::{LayoutFiles, LayoutSource};
+use lazypull_converter::oci::{LayoutFiles, LayoutSource, MAX_JSON_BLOB};
 use lazypull_converter::{BlobRead, Result};
 
 use super::blob::HttpBlob;
@@ -16,9 +16,18 @@ struct HttpLayoutFiles {
 }
 
 impl LayoutFiles for HttpLayoutFiles {
-    fn open(&self, path: &str) -> Result<Option<Box<dyn BlobRead>>> {
-        match HttpBlob::open(&self.fetcher, &format!("{}{path}", self.base)) {
-            Ok(blob) => Ok(Some(Box::new(blob))),
+    /// A blob of known size costs no request until read; `index.json` and `oci-layout` come
+    /// whole with one `GET`.
+    fn open(&self, path: &str, size: Option<u64>) -> Result<Option<Box<dyn BlobRead>>> {
+        let url = format!("{}{path}", self.base);
+        let opened = match size {
+            Some(size) => HttpBlob::with_size(&self.fetcher, &url, size)
+                .map(|b| Box::new(b) as Box<dyn BlobRead>),
+            None => HttpBlob::fetch_whole(&self.fetcher, &url, MAX_JSON_BLOB)
+                .map(|b| Box::new(b) as Box<dyn BlobRead>),
+        };
+        match opened {
+            Ok(blob) => Ok(Some(blob)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
