@@ -178,6 +178,13 @@ struct MountCmd {
     /// Example: --fetch-retries 2 (default 5)
     #[arg(long, default_value_t = 5)]
     fetch_retries: u32,
+    /// Bytes to fetch after a small eStargz read that misses the cache, kept for the reads
+    /// that follow (neighbouring files are usually read together); 0 fetches exactly what is
+    /// read.
+    ///
+    /// Example: --read-ahead 262144
+    #[arg(long, default_value_t = 0)]
+    read_ahead: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -231,6 +238,12 @@ struct BenchCmd {
     /// what the workload needed).
     #[arg(long)]
     background_fetch: bool,
+    /// An extra option for every `lazypull mount` of the lazy modes, repeatable, to compare
+    /// settings.
+    ///
+    /// Example: --mount-arg=--read-ahead=262144
+    #[arg(long, allow_hyphen_values = true)]
+    mount_arg: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -281,6 +294,7 @@ fn main() -> ExitCode {
             background_rate: m.background_rate,
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
+            readahead: m.read_ahead,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs {
@@ -297,6 +311,7 @@ fn main() -> ExitCode {
                 work: b.work.unwrap_or_else(lazypull::bench::default_work_dir),
                 out: b.out,
                 background_fetch: b.background_fetch,
+                mount_args: b.mount_arg,
             })
         }),
     };

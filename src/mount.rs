@@ -38,6 +38,8 @@ pub struct MountArgs {
     pub fetch_timeout: Duration,
     /// Retries of a failed HTTP range read.
     pub fetch_retries: u32,
+    /// Bytes fetched after a small eStargz read that misses, for the reads that follow.
+    pub readahead: u64,
 }
 
 /// One layer to serve.
@@ -351,6 +353,7 @@ fn resolve_source(
                 name: args.source.clone(),
                 trusted_digest: trusted,
                 insecure_skip_verify: args.insecure_skip_verify,
+                readahead: args.readahead,
                 ..LayerHints::default()
             },
         }]);
@@ -407,6 +410,7 @@ fn resolve_source(
                 annotations: l.annotations.clone(),
                 trusted_digest: if wanted.is_some() { trusted } else { None },
                 insecure_skip_verify: args.insecure_skip_verify,
+                readahead: args.readahead,
             },
         });
     }

@@ -39,6 +39,9 @@ pub struct LayerHints {
     pub trusted_digest: Option<Digest>,
     /// Serve without a trust anchor (chunks are still checked against the unverified TOC/index).
     pub insecure_skip_verify: bool,
+    /// Bytes to fetch after a small eStargz read that misses, kept for the reads that follow
+    /// (0: exactly what is asked).
+    pub readahead: u64,
 }
 
 /// The layer's format, as found.
@@ -89,17 +92,28 @@ impl OpenedLayer {
 }
 
 /// A blob whose first bytes can be fetched at once and then served from memory: the prefetch
-/// region arrives in one request instead of one per chunk.
+/// region arrives in one request instead of one per chunk. With read-ahead, a small read that
+/// misses fetches the bytes after it too and keeps them for the reads that follow (neighbouring
+/// files in an eStargz blob are usually read together); every chunk taken from them is still
+/// verified by the reader before use.
 struct RegionBlob {
     inner: SharedBlob,
     region: std::sync::RwLock<Option<Arc<Vec<u8>>>>,
+    readahead: u64,
+    /// Recently fetched windows `(start, bytes)`, newest last.
+    windows: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<Vec<u8>>)>>,
 }
 
+/// Read-ahead windows kept per layer.
+const READAHEAD_WINDOWS: usize = 16;
+
 impl RegionBlob {
-    fn new(inner: SharedBlob) -> Self {
+    fn new(inner: SharedBlob, readahead: u64) -> Self {
         RegionBlob {
             inner,
             region: std::sync::RwLock::new(None),
+            readahead,
+            windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -114,6 +128,19 @@ impl RegionBlob {
     /// Drop the region: what was needed from it is in the cache now.
     fn release(&self) {
         *self.region.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Copy `[off, off + buf.len())` out of a kept window, if one holds it all.
+    fn from_windows(&self, off: u64, buf: &mut [u8]) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for (start, data) in windows.iter().rev() {
+            if off >= *start && off + buf.len() as u64 <= start + data.len() as u64 {
+                let from = (off - start) as usize;
+                buf.copy_from_slice(&data[from..from + buf.len()]);
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -135,7 +162,22 @@ impl BlobRead for RegionBlob {
                 return Ok(());
             }
         }
-        self.inner.read_at(off, buf)
+        let len = buf.len() as u64;
+        if self.readahead == 0 || len >= self.readahead || off >= self.inner.len() {
+            return self.inner.read_at(off, buf);
+        }
+        if self.from_windows(off, buf) {
+            return Ok(());
+        }
+        let end = (off + len + self.readahead).min(self.inner.len());
+        let data = self.inner.read_vec(off, end - off)?;
+        buf.copy_from_slice(&data[..buf.len()]);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() == READAHEAD_WINDOWS {
+            windows.pop_front();
+        }
+        windows.push_back((off, Arc::new(data)));
+        Ok(())
     }
 }
 
@@ -208,7 +250,7 @@ fn open_estargz(
                 .into(),
         ));
     }
-    let region = Arc::new(RegionBlob::new(blob));
+    let region = Arc::new(RegionBlob::new(blob, hints.readahead));
     let reader = Arc::new(EstargzReader::open(
         Arc::clone(&region) as SharedBlob,
         anchor.as_ref(),
@@ -306,7 +348,9 @@ fn open_erofs(
         .get(erofs_format::ANNOTATION_LAZYPULL_PREFETCH_RANGE)
         .and_then(|r| r.split_once(':'))
         .and_then(|(_, end)| end.parse::<u64>().ok());
-    let region = Arc::new(RegionBlob::new(blob));
+    // EROFS chunks are whole frames (1 MiB by default): reading ahead would only fetch part
+    // of the next one.
+    let region = Arc::new(RegionBlob::new(blob, 0));
     let mut prefetcher: Option<Prefetcher> = None;
     let mut background: Option<BackgroundFetch> = None;
     let mut image = ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start);
@@ -412,5 +456,48 @@ impl ChunkStore for CacheStore {
         fetch: &mut dyn FnMut() -> Result<Vec<u8>>,
     ) -> Result<Arc<[u8]>> {
         self.0.get_or_fetch(digest, fetch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A blob counting the reads that reach it.
+    struct Counted(Vec<u8>, AtomicUsize);
+
+    impl BlobRead for Counted {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.as_slice().read_at(off, buf)
+        }
+    }
+
+    #[test]
+    fn read_ahead_serves_following_reads_from_one_fetch() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let inner = Arc::new(Counted(data.clone(), AtomicUsize::new(0)));
+        let blob = RegionBlob::new(Arc::clone(&inner) as SharedBlob, 100);
+        let read = |off: u64, len: usize| blob.read_vec(off, len as u64).unwrap();
+        assert_eq!(read(0, 10), &data[0..10]);
+        assert_eq!(read(50, 20), &data[50..70]);
+        assert_eq!(read(100, 10), &data[100..110]);
+        assert_eq!(inner.1.load(Ordering::Relaxed), 1, "one fetch for [0, 110)");
+        // Past the window, and a read as large as the read-ahead: fetched as asked.
+        assert_eq!(read(500, 10), &data[500..510]);
+        assert_eq!(read(0, 100), &data[0..100]);
+        assert_eq!(inner.1.load(Ordering::Relaxed), 3);
+        // The end of the blob clamps the window.
+        assert_eq!(read(990, 10), &data[990..1000]);
+        // Without read-ahead every read goes through.
+        let plain = RegionBlob::new(Arc::clone(&inner) as SharedBlob, 0);
+        let before = inner.1.load(Ordering::Relaxed);
+        plain.read_vec(0, 10).unwrap();
+        plain.read_vec(0, 10).unwrap();
+        assert_eq!(inner.1.load(Ordering::Relaxed), before + 2);
     }
 }

@@ -219,14 +219,41 @@ fn gcc_files() -> Result<Vec<PathBuf>> {
         .filter_map(|l| l.split(':').next())
         .map(|p| p.trim().to_string())
         .collect();
-    pkgs.extend(["gcc", "gcc-12", "binutils", "libc6-dev"].map(String::from));
+    // What a C development image carries beside the compiler (as the official gcc images
+    // do): C++, make, perl, a debugger, git, valgrind, libc's debug symbols. The workload
+    // touches none of it; installed ones only.
+    pkgs.extend(
+        [
+            "gcc",
+            "gcc-12",
+            "binutils",
+            "libc6-dev",
+            "g++-12",
+            "libstdc++-12-dev",
+            "make",
+            "perl",
+            "perl-modules-5.36",
+            "libperl5.36",
+            "gdb",
+            "git",
+            "valgrind",
+            "libc6-dbg",
+        ]
+        .map(String::from),
+    );
+    let installed = |p: &String| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+    };
+    pkgs.retain(installed);
     let out = Command::new("dpkg").arg("-L").args(&pkgs).output()?;
     let mut files: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(PathBuf::from)
         .filter(|p| p.is_absolute() && p.symlink_metadata().is_ok())
         .collect();
-    // Docs are not part of a toolchain image's working set, but real images carry them.
     files.sort();
     files.dedup();
     Ok(files)

@@ -42,6 +42,8 @@ pub struct BenchArgs {
     /// Keep `lazypull mount`'s background fetch on (by default the benchmark switches it off,
     /// so that bytes fetched are what the workload needed).
     pub background_fetch: bool,
+    /// Extra options for every `lazypull mount`.
+    pub mount_args: Vec<String>,
 }
 
 /// The networks of a full run: the default first.
@@ -71,6 +73,10 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
     let server = RangeServer::start_dir(work.clone(), Throttle::default())
         .context("starting the blob server")?;
     let scratch = work.join("scratch");
+    let mut mount_options: Vec<&str> = args.mount_args.iter().map(String::as_str).collect();
+    if !args.background_fetch {
+        mount_options.push("--no-background-fetch");
+    }
     let mut measured = Vec::new();
     for &net in &args.networks {
         let link = link::Link::start(server.port(), net).context("starting the link")?;
@@ -80,11 +86,7 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
                 base_url: format!("http://127.0.0.1:{}/{}", link.port(), p.image.name),
                 scratch: &scratch,
                 rtt: net.rtt,
-                mount_options: if args.background_fetch {
-                    &[]
-                } else {
-                    &["--no-background-fetch"]
-                },
+                mount_options: &mount_options,
             };
             let counters = || (link.down_bytes(), server.requests(), server.arrivals());
             let mut runs: Vec<Vec<run::RunResult>> = vec![Vec::new(); Mode::ALL.len()];
