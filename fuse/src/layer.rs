@@ -131,10 +131,10 @@ impl RegionBlob {
     }
 
     /// Copy `[off, off + buf.len())` out of a kept window, if one holds it all.
-    fn from_windows(&self, off: u64, buf: &mut [u8]) -> bool {
+    fn copy_from_window(&self, off: u64, buf: &mut [u8]) -> bool {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         for (start, data) in windows.iter().rev() {
-            if off >= *start && off + buf.len() as u64 <= start + data.len() as u64 {
+            if off >= *start && off + buf.len() as u64 <= start + data.as_slice().len() as u64 {
                 let from = (off - start) as usize;
                 buf.copy_from_slice(&data[from..from + buf.len()]);
                 return true;
@@ -166,7 +166,7 @@ impl BlobRead for RegionBlob {
         if self.readahead == 0 || len >= self.readahead || off >= self.inner.len() {
             return self.inner.read_at(off, buf);
         }
-        if self.from_windows(off, buf) {
+        if self.copy_from_window(off, buf) {
             return Ok(());
         }
         let end = (off + len + self.readahead).min(self.inner.len());
