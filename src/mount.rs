@@ -121,7 +121,13 @@ pub(crate) fn mount_image(
             image.backgrounds.push((fetch, Arc::clone(&progress)));
         }
         image.progress.push(progress);
-        image.handles.push(mount(opened.tree, &dir, opts)?);
+        // Each layer its own inode range: overlayfs shows lower inode numbers as they are, and
+        // a container's overlay on top of ours would then see two files as one.
+        let layer_opts = MountOptions {
+            ino_offset: (i as u64) << 48,
+            ..opts.clone()
+        };
+        image.handles.push(mount(opened.tree, &dir, &layer_opts)?);
         lower.push(dir.display().to_string());
     }
     if !single {

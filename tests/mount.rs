@@ -242,6 +242,7 @@ fn mount_image_matches_layers(format: &str) {
     );
     let bytes = read_everything(&mnt);
     assert!(bytes > 0);
+    distinct_files_have_distinct_inodes(&mnt, tmp.path(), format);
     let first = served.stop();
     let stats = final_stats(&first);
     assert!(stats["cache"]["misses"].as_u64().unwrap() > 0, "{first}");
@@ -268,6 +269,45 @@ fn mount_image_matches_layers(format: &str) {
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(cache.join("stats.json")).unwrap()).unwrap();
     assert_eq!(file, stats);
+}
+
+/// Under a container's writable overlay on top of the mounted image (what a runtime does), no
+/// two different files share `(st_dev, st_ino)`: the dynamic loader takes such files for one
+/// library already loaded. Overlayfs passes the layers' inode numbers through, so each layer
+/// needs its own range.
+fn distinct_files_have_distinct_inodes(image: &Path, tmp: &Path, format: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (upper, work, root) = (tmp.join("upper"), tmp.join("work"), tmp.join("root"));
+    for d in [&upper, &work, &root] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image.display(),
+        upper.display(),
+        work.display()
+    );
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting the container overlay");
+    let mut seen: HashMap<(u64, u64), String> = HashMap::new();
+    let mut clash = None;
+    for (path, _) in walkdir_files(&root) {
+        let m = std::fs::metadata(root.join(&path)).unwrap();
+        if let Some(other) = seen.insert((m.dev(), m.ino()), path.clone()) {
+            if m.nlink() < 2 {
+                clash = Some((other, path));
+            }
+        }
+    }
+    let _ = Command::new("umount").arg(&root).status();
+    assert!(
+        clash.is_none(),
+        "{format}: two files share device and inode number: {clash:?}"
+    );
 }
 
 #[test]

@@ -91,6 +91,8 @@ struct Core<T: LayerTree> {
     next_handle: AtomicU64,
     /// Requests waiting on the network, which background fetches give way to.
     demand: Arc<Demand>,
+    /// Added to the tree's inode numbers (but the root's) in everything the kernel sees.
+    ino_offset: u64,
 }
 
 impl<T: LayerTree + 'static> LayerFs<T> {
@@ -111,9 +113,19 @@ impl<T: LayerTree + 'static> LayerFs<T> {
                 dirs: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
                 demand,
+                ino_offset: 0,
             }),
             readers,
         }
+    }
+
+    /// Shift every inode number but the root's by `offset` (one per layer of an image, so that
+    /// the layers' numbers never collide).
+    pub fn with_ino_offset(mut self, offset: u64) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.ino_offset = offset;
+        }
+        self
     }
 
     /// Record the path of every file on its first read.
@@ -179,7 +191,30 @@ impl<T: LayerTree> Core<T> {
     }
 
     fn file_attr(&self, ino: Ino) -> FsResult<FileAttr> {
-        self.tree.getattr(ino).map(|a| file_attr(&a))
+        let mut attr = file_attr(&self.tree.getattr(ino)?);
+        attr.ino = self.kernel(ino);
+        Ok(attr)
+    }
+
+    /// The inode number the kernel sees for the tree's `ino`: shifted by the layer's offset, so
+    /// that the layers of one image never share a number (overlayfs passes lower inode numbers
+    /// through, and the dynamic loader takes two files with one `(st_dev, st_ino)` for one).
+    /// The root stays 1, as FUSE requires.
+    fn kernel(&self, ino: Ino) -> INodeNo {
+        if ino == Ino::ROOT {
+            INodeNo(ino.0)
+        } else {
+            INodeNo(ino.0.wrapping_add(self.ino_offset))
+        }
+    }
+
+    /// The tree's inode for the kernel's `i`.
+    fn local(&self, i: INodeNo) -> Ino {
+        if i.0 == Ino::ROOT.0 {
+            Ino::ROOT
+        } else {
+            Ino(i.0.wrapping_sub(self.ino_offset))
+        }
     }
 
     fn listing(&self, ino: Ino, fh: FileHandle) -> FsResult<Arc<[DirEntry]>> {
@@ -227,10 +262,6 @@ impl<T: LayerTree> Core<T> {
     fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<[DirEntry]>>> {
         self.dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn ino(i: INodeNo) -> Ino {
-    Ino(i.0)
 }
 
 fn file_type(kind: FileKind) -> FileType {
@@ -325,7 +356,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (parent, name) = (ino(parent), name.as_bytes().to_vec());
+        let (parent, name) = (self.core.local(parent), name.as_bytes().to_vec());
         self.answer(
             reply,
             move |core| {
@@ -344,7 +375,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.file_attr(i),
@@ -356,7 +387,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.readlink(i),
@@ -371,7 +402,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.getattr(i),
@@ -393,7 +424,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.read(i, offset, size),
@@ -427,7 +458,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.readdir(i),
@@ -454,14 +485,15 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         mut reply: ReplyDirectory,
     ) {
         let core = &self.core;
-        let list = match core.listing(ino(i), fh) {
+        let dir = core.local(i);
+        let list = match core.listing(dir, fh) {
             Ok(l) => l,
-            Err(e) => return reply.error(core.fail("readdir", ino(i), Some(offset), &e)),
+            Err(e) => return reply.error(core.fail("readdir", dir, Some(offset), &e)),
         };
         for (n, d) in list.iter().enumerate().skip(offset as usize) {
-            core.reached(ino(i), &d.name, d.ino);
+            core.reached(dir, &d.name, d.ino);
             let name = OsStr::from_bytes(&d.name);
-            if reply.add(INodeNo(d.ino.0), n as u64 + 1, file_type(d.kind), name) {
+            if reply.add(core.kernel(d.ino), n as u64 + 1, file_type(d.kind), name) {
                 break;
             }
         }
@@ -476,7 +508,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = ino(i);
+        let dir = self.core.local(i);
         let list = match self.core.listing(dir, fh) {
             Ok(l) => l,
             Err(e) => return reply.error(self.core.fail("readdirplus", dir, Some(offset), &e)),
@@ -527,7 +559,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (i, name) = (ino(i), name.as_bytes().to_vec());
+        let (i, name) = (self.core.local(i), name.as_bytes().to_vec());
         self.answer(
             reply,
             move |core| core.tree.getxattr(i, &name),
@@ -540,7 +572,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.xattrs(i),
@@ -564,7 +596,7 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         if mask.contains(AccessFlags::W_OK) {
             return reply.error(Errno::EROFS);
         }
-        let i = ino(i);
+        let i = self.core.local(i);
         self.answer(
             reply,
             move |core| core.tree.getattr(i),

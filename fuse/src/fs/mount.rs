@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub readers: usize,
     /// Counts requests waiting on the network; share it with background fetches so they yield.
     pub demand: std::sync::Arc<crate::demand::Demand>,
+    /// Added to every inode number but the root's: give each layer of an image its own range
+    /// (say `index << 48`) so their numbers never collide under overlayfs.
+    pub ino_offset: u64,
 }
 
 impl Default for MountOptions {
@@ -47,6 +50,7 @@ impl Default for MountOptions {
             recorder: None,
             readers: 16,
             demand: std::sync::Arc::default(),
+            ino_offset: 0,
         }
     }
 }
@@ -127,7 +131,8 @@ pub fn mount<T: LayerTree + 'static>(
         opts.ttl,
         opts.readers,
         std::sync::Arc::clone(&opts.demand),
-    );
+    )
+    .with_ino_offset(opts.ino_offset);
     if let Some(r) = &opts.recorder {
         fs = fs.with_recorder(std::sync::Arc::clone(r));
     }
