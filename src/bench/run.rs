@@ -397,15 +397,29 @@ impl LazyMount {
 }
 
 impl Drop for LazyMount {
+    /// After a failed run: unmount so that the server exits and takes its layer mounts with
+    /// it; kill it only if it does not.
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new(&self.lazypull)
+            .arg("umount")
+            .arg(&self.mountpoint)
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
