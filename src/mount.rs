@@ -155,6 +155,7 @@ impl MountedImage {
 /// `lazypull mount SOURCE MOUNTPOINT`: mount, serve until Ctrl-C, SIGTERM or `lazypull umount`,
 /// then unmount and print the cache statistics.
 pub fn run_mount(args: MountArgs) -> Result<()> {
+    bound_transient_heap();
     let trusted = args
         .toc_digest
         .as_deref()
@@ -188,6 +189,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         opts.recorder = Some(Arc::new(recorder));
     }
     let mut image = mount_image(layers, &args.mountpoint, &cache, &opts)?;
+    release_freed_heap();
     let backgrounds = std::mem::take(&mut image.backgrounds);
     let progress = std::mem::take(&mut image.progress);
     eprintln!(
@@ -266,6 +268,28 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     eprintln!("lazypull: unmounted {}", args.mountpoint.display());
     eprintln!("{}", report(true));
     Ok(())
+}
+
+/// Opening a layer parses its whole TOC (tens of MB for 100k entries) and keeps only compact
+/// tables; a mount then serves for hours. Left to itself glibc keeps the freed TOC resident:
+/// its mmap threshold grows past the TOC's buffers, which then land in heaps (a fetcher
+/// thread's among them) that `malloc_trim` does not shrink. A fixed threshold keeps such
+/// buffers in their own mappings, returned when freed.
+fn bound_transient_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Give the heap pages freed while opening the layers back to the system.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Bring a layer's prefetch region in before serving it; a failure only costs the head start.

@@ -16,7 +16,7 @@ use lazypull_converter::erofs::chunk_index::{
 use lazypull_converter::erofs::format as erofs_format;
 use lazypull_converter::erofs::ErofsReader;
 use lazypull_converter::estargz::format as estargz_format;
-use lazypull_converter::estargz::{ChunkRef, EstargzReader, FileEntry};
+use lazypull_converter::estargz::{ChunkReader, ChunkRef, EstargzReader};
 use lazypull_converter::{BlobRead, Digest, Error, Result};
 
 use crate::background::{BackgroundFetch, WalkStep};
@@ -251,69 +251,57 @@ fn open_estargz(
         ));
     }
     let region = Arc::new(RegionBlob::new(blob, hints.readahead));
-    let reader = Arc::new(EstargzReader::open(
-        Arc::clone(&region) as SharedBlob,
-        anchor.as_ref(),
-    )?);
+    let reader = EstargzReader::open(Arc::clone(&region) as SharedBlob, anchor.as_ref())?;
     let prefetch_end = reader.prefetch_end().filter(|&end| end > 0);
     let mut prefetcher: Option<Prefetcher> = None;
     let mut background: Option<BackgroundFetch> = None;
-    let source: Arc<dyn ChunkSource> = match cache {
-        Some(cache) => {
-            let chunks = Arc::new(CachedChunks {
-                reader: Arc::clone(&reader),
-                cache,
-            });
-            let all = Arc::clone(&chunks);
-            let (count, bytes) = reader
-                .entries()
-                .iter()
-                .flat_map(|e| &e.chunks)
-                .fold((0u64, 0u64), |(n, b), c| {
-                    (n + 1, b + c.blob_end.saturating_sub(c.blob_offset))
-                });
-            let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
-                for e in all.reader.entries() {
-                    for c in &e.chunks {
-                        let cached = c.digest.is_some_and(|d| all.cache.contains(&d));
-                        let bytes = c.blob_end.saturating_sub(c.blob_offset);
-                        if !step(WalkStep { bytes, cached }) {
-                            return;
-                        }
-                        if !cached {
-                            if let Err(err) = all.chunk(e, c) {
-                                tracing::warn!("background fetch of `{}`: {err}", e.name);
-                            }
-                        }
+    // The tree keeps the chunk list; the reader's TOC and entries are dropped once it is built.
+    let tree = Arc::new(
+        EstargzTree::with_chunk_source(reader, |reader| match &cache {
+            Some(cache) => Arc::new(CachedChunks {
+                reader,
+                cache: Arc::clone(cache),
+            }),
+            None => Arc::new(crate::fs::ReaderChunks::new(reader)),
+        })?
+        .with_name(hints.name.clone()),
+    );
+    if let Some(cache) = cache {
+        let (count, bytes) = tree.chunks().fold((0u64, 0u64), |(n, b), c| {
+            (n + 1, b + c.blob_end.saturating_sub(c.blob_offset))
+        });
+        let all = Arc::clone(&tree);
+        let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
+            for c in all.chunks() {
+                let cached = c.digest.is_some_and(|d| cache.contains(&d));
+                let bytes = c.blob_end.saturating_sub(c.blob_offset);
+                if !step(WalkStep { bytes, cached }) {
+                    return;
+                }
+                if !cached {
+                    if let Err(err) = all.chunk_source().chunk(&c) {
+                        tracing::warn!("background fetch of the chunk at {}: {err}", c.blob_offset);
                     }
                 }
-            };
-            background = Some(BackgroundFetch::new(count, bytes, Arc::new(walk)));
-            if let Some(end) = prefetch_end {
-                let (chunks, region) = (Arc::clone(&chunks), Arc::clone(&region));
-                prefetcher = Some(Box::new(move || {
-                    let bytes = region.fill(end)?;
-                    let mut n = 0;
-                    let result = (|| {
-                        for e in chunks.reader.entries() {
-                            for c in e.chunks.iter().filter(|c| c.blob_end <= end) {
-                                chunks.chunk(e, c)?;
-                                n += 1;
-                            }
-                        }
-                        Ok(())
-                    })();
-                    region.release();
-                    result.map(|()| PrefetchStats { bytes, chunks: n })
-                }));
             }
-            chunks
+        };
+        background = Some(BackgroundFetch::new(count, bytes, Arc::new(walk)));
+        if let Some(end) = prefetch_end {
+            let (tree, region) = (Arc::clone(&tree), Arc::clone(&region));
+            prefetcher = Some(Box::new(move || {
+                let bytes = region.fill(end)?;
+                let mut n = 0;
+                let result = tree
+                    .chunks()
+                    .filter(|c| c.blob_end <= end)
+                    .try_for_each(|c| tree.chunk_source().chunk(&c).map(|_| n += 1));
+                region.release();
+                result.map(|()| PrefetchStats { bytes, chunks: n })
+            }));
         }
-        None => Arc::new(crate::fs::ReaderChunks::new(Arc::clone(&reader))),
-    };
-    let tree = EstargzTree::with_chunk_source(reader, source)?.with_name(hints.name.clone());
+    }
     Ok(OpenedLayer {
-        tree: Arc::new(tree),
+        tree,
         format: LayerFormat::Estargz,
         prefetch_end,
         prefetcher,
@@ -430,12 +418,12 @@ fn open_erofs(
 /// eStargz chunks through the cache: keyed by their `chunkDigest` (of the uncompressed bytes),
 /// fetched and verified by the reader on a miss, verified again by the cache before keeping.
 struct CachedChunks<B: BlobRead> {
-    reader: Arc<EstargzReader<B>>,
+    reader: ChunkReader<B>,
     cache: Arc<ChunkCache>,
 }
 
 impl<B: BlobRead> ChunkSource for CachedChunks<B> {
-    fn chunk(&self, _file: &FileEntry, chunk: &ChunkRef) -> Result<Arc<[u8]>> {
+    fn chunk(&self, chunk: &ChunkRef) -> Result<Arc<[u8]>> {
         match chunk.digest {
             Some(d) => self
                 .cache

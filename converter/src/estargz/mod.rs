@@ -12,6 +12,8 @@ mod read;
 mod write;
 
 pub use format::{Footer, FooterKind, Toc, TocEntry};
-pub use read::{normalise_name, ChunkRef, EstargzReader, FileEntry, MAX_CHUNK_SIZE, MAX_TOC_SIZE};
+pub use read::{
+    normalise_name, ChunkReader, ChunkRef, EstargzReader, FileEntry, MAX_CHUNK_SIZE, MAX_TOC_SIZE,
+};
 #[cfg(feature = "write")]
 pub use write::{BlobFormat, EstargzOptions, EstargzWriter, WrittenBlob};

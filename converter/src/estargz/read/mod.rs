@@ -3,8 +3,10 @@
 //! [`EstargzReader::open`] fetches the footer (the last 51 bytes), then the TOC in one more
 //! read, checks the TOC digest, and normalises the entries ([`FileEntry`]). Each later
 //! [`EstargzReader::read_chunk`] fetches one compressed member range, inflates that single
-//! member and checks the chunk's digest before handing out a byte. Nothing here trusts the
-//! blob: malformed or hostile input gives an [`Error`], with bounded allocation.
+//! member and checks the chunk's digest before handing out a byte. A server that keeps its own
+//! index of the entries turns the reader into a [`ChunkReader`], which drops the TOC and keeps
+//! only what reading chunks needs. Nothing here trusts the blob: malformed or hostile input gives
+//! an [`Error`], with bounded allocation.
 
 mod index;
 mod toc;
@@ -72,12 +74,20 @@ pub struct ChunkRef {
 
 /// A reader of one eStargz (gzip, legacy stargz) or zstd:chunked blob.
 pub struct EstargzReader<B: BlobRead> {
-    blob: B,
+    chunks: ChunkReader<B>,
     footer: Footer,
     toc: Toc,
     toc_digest: Digest,
-    verified: bool,
     index: index::Index,
+}
+
+/// Reads chunks of one blob by their [`ChunkRef`]s, each inflated and checked against its
+/// digest, without holding the TOC: [`EstargzReader::into_chunk_reader`].
+pub struct ChunkReader<B: BlobRead> {
+    blob: B,
+    kind: FooterKind,
+    /// The TOC was checked against a trusted digest, so every chunk must carry one.
+    verified: bool,
 }
 
 impl<B: BlobRead> EstargzReader<B> {
@@ -108,11 +118,14 @@ impl<B: BlobRead> EstargzReader<B> {
         let verified = expected_toc_digest.is_some();
         let index = index::build(&toc, footer.toc_offset, verified).context("eStargz TOC")?;
         Ok(EstargzReader {
-            blob,
+            chunks: ChunkReader {
+                blob,
+                kind: footer.kind,
+                verified,
+            },
             footer,
             toc,
             toc_digest,
-            verified,
             index,
         })
     }
@@ -134,12 +147,18 @@ impl<B: BlobRead> EstargzReader<B> {
 
     /// Whether the TOC was checked against an expected digest at open.
     pub fn is_verified(&self) -> bool {
-        self.verified
+        self.chunks.verified
     }
 
     /// The underlying blob.
     pub fn blob(&self) -> &B {
-        &self.blob
+        &self.chunks.blob
+    }
+
+    /// Keep only what reading chunks needs, dropping the TOC and the entries: for a caller that
+    /// has built its own index of [`Self::entries`] and keeps their [`ChunkRef`]s.
+    pub fn into_chunk_reader(self) -> ChunkReader<B> {
+        self.chunks
     }
 
     /// Every entry of the layer, root first, in TOC order except that each directory comes
@@ -219,7 +238,7 @@ impl<B: BlobRead> EstargzReader<B> {
                 )))
             }
         };
-        self.read_chunk_unchecked(chunk).with_context(|| {
+        self.chunks.read_chunk(chunk).with_context(|| {
             format!(
                 "entry `{}` chunk at offset {}",
                 entry.name, chunk.file_offset
@@ -227,7 +246,27 @@ impl<B: BlobRead> EstargzReader<B> {
         })
     }
 
-    fn read_chunk_unchecked(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    /// End of the prefetch region: the offset of the `.prefetch.landmark` member, `Some(0)` when
+    /// `.no.prefetch.landmark` says to prefetch nothing, `None` without a landmark.
+    pub fn prefetch_end(&self) -> Option<u64> {
+        let landmark = |name: &str| self.landmarks().iter().find(|l| l.name == name);
+        if landmark(NO_PREFETCH_LANDMARK).is_some() {
+            return Some(0);
+        }
+        landmark(PREFETCH_LANDMARK).and_then(|l| l.chunks.first().map(|c| c.blob_offset))
+    }
+}
+
+impl<B: BlobRead> ChunkReader<B> {
+    /// The underlying blob.
+    pub fn blob(&self) -> &B {
+        &self.blob
+    }
+
+    /// One chunk's uncompressed bytes, checked against its digest. Unlike
+    /// [`EstargzReader::read_chunk`] nothing checks that `chunk` is one of the blob's chunks:
+    /// the caller keeps the [`ChunkRef`]s the reader gave it.
+    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
         if chunk.digest.is_none() && self.verified {
             return Err(Error::format(
                 "no chunkDigest, and the blob was opened with verification",
@@ -236,7 +275,7 @@ impl<B: BlobRead> EstargzReader<B> {
         let compressed = self
             .blob
             .read_vec(chunk.blob_offset, chunk.blob_end - chunk.blob_offset)?;
-        let data = match self.footer.kind {
+        let data = match self.kind {
             FooterKind::ZstdChunked => {
                 let dec = zstd::stream::read::Decoder::with_buffer(&compressed[..])
                     .map_err(|e| Error::io("starting zstd", e))?
@@ -257,16 +296,6 @@ impl<B: BlobRead> EstargzReader<B> {
             }
         }
         Ok(data)
-    }
-
-    /// End of the prefetch region: the offset of the `.prefetch.landmark` member, `Some(0)` when
-    /// `.no.prefetch.landmark` says to prefetch nothing, `None` without a landmark.
-    pub fn prefetch_end(&self) -> Option<u64> {
-        let landmark = |name: &str| self.landmarks().iter().find(|l| l.name == name);
-        if landmark(NO_PREFETCH_LANDMARK).is_some() {
-            return Some(0);
-        }
-        landmark(PREFETCH_LANDMARK).and_then(|l| l.chunks.first().map(|c| c.blob_offset))
     }
 }
 
