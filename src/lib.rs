@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
+use lazypull_converter::registry::{Credentials, RegistryOptions};
 
 pub use demo::{run_demo, DemoArgs};
 pub use mount::{run_mount, run_umount, MountArgs};
@@ -44,6 +45,47 @@ pub struct ConvertArgs {
     pub platform: Option<String>,
     pub json: bool,
     pub progress: bool,
+    pub registry: RegistryArgs,
+}
+
+/// How to reach registries, from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryArgs {
+    /// `USER:PASS` for every registry, instead of the docker config.
+    pub creds: Option<String>,
+    pub plain_http: bool,
+    pub insecure: bool,
+    /// Blobs larger than this are uploaded in chunks of this size.
+    pub upload_chunk_size: Option<u64>,
+}
+
+impl RegistryArgs {
+    /// The converter's registry options.
+    pub fn options(&self) -> Result<RegistryOptions> {
+        let mut opts = RegistryOptions {
+            creds: self.creds.as_deref().map(Credentials::parse).transpose()?,
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            ..RegistryOptions::default()
+        };
+        if let Some(n) = self.upload_chunk_size {
+            opts.upload_chunk_size = n;
+        }
+        Ok(opts)
+    }
+}
+
+/// The error with its causes, each once: the library's errors already show their sources, so
+/// a cause whose text ends the message so far is not repeated.
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 /// Set up `tracing` output on stderr at `level` unless `RUST_LOG` says otherwise.
@@ -86,6 +128,7 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
             .transpose()?,
         threads: args.threads,
         platform: args.platform.clone(),
+        registry: args.registry.options()?,
     };
     let bar = progress::Bar::new(args.progress);
     let report = convert::convert(&args.src, &args.dst, &opts, &bar)?;
@@ -103,6 +146,18 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
         report.seconds,
         report.root.digest
     );
+    if let Some(p) = &report.push {
+        eprintln!(
+            "pushed {}: {} blobs ({} already there, {} mounted, {} uploaded, {}), {} manifests",
+            p.reference,
+            p.blobs,
+            p.existing,
+            p.mounted,
+            p.uploaded,
+            convert::human_bytes(p.uploaded_bytes),
+            p.manifests
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

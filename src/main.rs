@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use lazypull::{ConvertArgs, DemoArgs, MountArgs, OutputFormat};
+use lazypull::{ConvertArgs, DemoArgs, MountArgs, OutputFormat, RegistryArgs};
 
 /// Lazy-pull container images: convert OCI images into seekable eStargz or EROFS layers whose
 /// files can be fetched on demand, so containers start before their image is downloaded.
@@ -26,9 +26,13 @@ enum Command {
     /// Example: lazypull convert oci:./app:1.0 oci:./app-esgz:1.0
     ///
     /// Sources: `oci:DIR[:TAG]` (an OCI image layout), `docker-archive:FILE` (a `docker save`
-    /// tarball), `oci-archive:FILE[:TAG]`. Destination: `oci:DIR[:TAG]`; an existing layout gets
-    /// the new image added under TAG. The destination changes only when the whole conversion
-    /// succeeded.
+    /// tarball), `oci-archive:FILE[:TAG]`, `[docker://]HOST/REPO[:TAG|@DIGEST]` (a registry).
+    /// Destinations: `oci:DIR[:TAG]` (an existing layout gets the new image added under TAG) or
+    /// a registry. The destination changes only when the whole conversion succeeded: a registry
+    /// tag is moved by the last request of the push.
+    ///
+    /// Registry credentials: --creds, else the docker config ($DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json: auths, credHelpers, credsStore). HTTPS_PROXY/NO_PROXY apply.
     #[command(verbatim_doc_comment)]
     Convert(ConvertCmd),
     /// Mount a converted layer, or a whole image as a read-only overlay, fetching and
@@ -108,6 +112,38 @@ struct ConvertCmd {
     /// Never draw a progress bar, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+/// How registries are reached (convert, mount, inspect).
+#[derive(clap::Args, Debug)]
+struct RegistryFlags {
+    /// Credentials for every registry, instead of the docker config.
+    ///
+    /// Example: --creds alice:s3cret
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Speak plain HTTP to registries (loopback hosts always get plain HTTP).
+    #[arg(long)]
+    plain_http: bool,
+    /// Accept any TLS certificate from registries.
+    #[arg(long)]
+    insecure: bool,
+    /// Blobs larger than this many bytes are pushed in chunks of this size (default 16 MiB).
+    #[arg(long, hide = true)]
+    upload_chunk_size: Option<u64>,
+}
+
+impl RegistryFlags {
+    fn args(self) -> RegistryArgs {
+        RegistryArgs {
+            creds: self.creds,
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            upload_chunk_size: self.upload_chunk_size,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +260,7 @@ fn main() -> ExitCode {
             platform: c.platform,
             json: c.json,
             progress: !c.no_progress,
+            registry: c.registry.args(),
         }),
         Command::Mount(m) => lazypull::run_mount(MountArgs {
             source: m.source,
@@ -250,7 +287,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lazypull: error: {e:#}");
+            eprintln!("lazypull: error: {}", lazypull::error_message(&e));
             ExitCode::FAILURE
         }
     }

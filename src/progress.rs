@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lazypull_converter::convert::{LayerReport, Progress};
+use lazypull_converter::Digest;
 
 /// A progress bar on stderr when it is a terminal; summaries are printed either way.
 pub struct Bar {
@@ -62,5 +63,16 @@ impl Progress for Bar {
         } else {
             eprintln!("{}", report.summary_line(index, total));
         }
+    }
+
+    /// One bar per pushed blob (blobs are pushed one after the other).
+    fn push_start(&self, digest: &Digest, size: u64) {
+        self.bar.set_length(size);
+        self.bar.set_position(0);
+        self.bar.set_message(format!("push {}", digest.short()));
+    }
+
+    fn push_bytes(&self, _digest: &Digest, n: u64) {
+        self.bar.inc(n);
     }
 }

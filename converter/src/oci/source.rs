@@ -38,8 +38,30 @@ pub trait ImageSource: Send + Sync {
     }
 }
 
-/// Open the source `r` names. Registries are not supported yet.
+/// Open the source `r` names, with default registry options (see [`open_source_with`]).
 pub fn open_source(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
+    #[cfg(feature = "registry")]
+    return open_source_with(r, &crate::registry::RegistryOptions::default());
+    #[cfg(not(feature = "registry"))]
+    open_source_inner(r)
+}
+
+/// Open the source `r` names; a registry is reached with `opts`.
+#[cfg(feature = "registry")]
+pub fn open_source_with(
+    r: &ImageRef,
+    opts: &crate::registry::RegistryOptions,
+) -> Result<Box<dyn ImageSource>> {
+    if let ImageRef::Registry { reference } = r {
+        let parsed: crate::registry::Reference = reference.parse()?;
+        return Ok(Box::new(crate::registry::RegistrySource::open(
+            &parsed, opts,
+        )?));
+    }
+    open_source_inner(r)
+}
+
+fn open_source_inner(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
     match r {
         ImageRef::Layout { dir, tag } => Ok(Box::new(LayoutSource::open_dir(dir, tag.clone())?)),
         #[cfg(feature = "write")]
@@ -56,7 +78,7 @@ pub fn open_source(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
             format!("{r}: reading archives needs lazypull-converter's `write` feature"),
         )),
         ImageRef::Registry { reference } => Err(Error::Unsupported(format!(
-            "registries are not supported yet: {reference}"
+            "{reference}: reading registries needs lazypull-converter's `registry` feature"
         ))),
     }
 }
