@@ -41,8 +41,9 @@ enum Command {
     /// Example: lazypull mount oci:./app-esgz:1.0 /mnt/app
     ///
     /// SOURCE: a blob file or an `http://`/`https://` URL of a blob on any server with Range
-    /// support (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with overlayfs;
-    /// `--layer DIGEST` for one). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    /// support (give --toc-digest), `oci:DIR[:TAG]` or `[docker://]HOST/REPO[:TAG|@DIGEST]`
+    /// (every layer, stacked with overlayfs; `--layer DIGEST` for one; registry layers are
+    /// read by range requests with the registry's authentication). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
     #[command(verbatim_doc_comment)]
     Mount(MountCmd),
     /// Unmount what `lazypull mount` serves; the server then exits.
@@ -148,7 +149,7 @@ impl RegistryFlags {
 
 #[derive(clap::Args, Debug)]
 struct MountCmd {
-    /// A converted layer blob file or URL, or `oci:DIR[:TAG]`.
+    /// A converted layer blob file or URL, `oci:DIR[:TAG]`, or a registry image.
     source: String,
     /// Where to mount (created if missing).
     mountpoint: PathBuf,
@@ -208,6 +209,8 @@ struct MountCmd {
     /// Example: --fetch-retries 2 (default 5)
     #[arg(long, default_value_t = 5)]
     fetch_retries: u32,
+    #[command(flatten)]
+    registry: RegistryFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -276,6 +279,7 @@ fn main() -> ExitCode {
             background_rate: m.background_rate,
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
+            registry: m.registry.args(),
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Demo(d) => lazypull::run_demo(DemoArgs {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
+use lazypull_converter::oci::{
+    self, media, Descriptor, ImageNode, ImageRef, ImageSource, PlatformFilter,
+};
+use lazypull_converter::registry::RegistrySource;
 use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
@@ -37,6 +40,8 @@ pub struct MountArgs {
     pub fetch_timeout: Duration,
     /// Retries of a failed HTTP range read.
     pub fetch_retries: u32,
+    /// How a registry SOURCE is reached.
+    pub registry: crate::RegistryArgs,
 }
 
 /// One layer to serve.
@@ -123,10 +128,14 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let fetcher = if args.source.starts_with("http://") || args.source.starts_with("https://") {
+    let fetcher = if args.source.starts_with("http://")
+        || args.source.starts_with("https://")
+        || is_registry_source(&args.source)
+    {
         Some(RangeFetcher::new(FetchOptions {
             timeout: args.fetch_timeout,
             retries: args.fetch_retries,
+            accept_invalid_certs: args.registry.insecure,
             ..FetchOptions::default()
         })?)
     } else {
@@ -301,13 +310,21 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// The layers SOURCE names: a blob file, or an OCI layout's image (one layer with `--layer`).
+/// Whether SOURCE names an image in a registry (and not a file that happens to look like one).
+fn is_registry_source(source: &str) -> bool {
+    !Path::new(source).exists()
+        && matches!(source.parse::<ImageRef>(), Ok(ImageRef::Registry { .. }))
+}
+
+/// The layers SOURCE names: a blob file or URL, or an image in an OCI layout or a registry
+/// (one layer with `--layer`). Registry layers are read by range requests through `fetcher`.
 fn resolve_source(
     args: &MountArgs,
     trusted: Option<Digest>,
     fetcher: Option<&RangeFetcher>,
 ) -> Result<Vec<LayerToMount>> {
-    if !args.source.starts_with("oci:") {
+    let registry = is_registry_source(&args.source);
+    if !args.source.starts_with("oci:") && !registry {
         let blob: SharedBlob = match fetcher {
             Some(f) => Arc::new(HttpBlob::open(f, &args.source)?),
             None => Arc::new(FileBlob::open(&PathBuf::from(&args.source))?),
@@ -323,7 +340,16 @@ fn resolve_source(
         }]);
     }
     let r: ImageRef = args.source.parse()?;
-    let source = oci::open_source(&r)?;
+    let (source, remote): (Arc<dyn ImageSource>, Option<Arc<RegistrySource>>) = match &r {
+        ImageRef::Registry { reference } => {
+            let s = Arc::new(RegistrySource::open(
+                &reference.parse()?,
+                &args.registry.options()?,
+            )?);
+            (s.clone(), Some(s))
+        }
+        _ => (Arc::from(oci::open_source(&r)?), None),
+    };
     let root = source.root()?;
     let manifest = match ImageNode::read(source.as_ref(), &root)? {
         ImageNode::Manifest(m) => m,
@@ -350,13 +376,19 @@ fn resolve_source(
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let source: Arc<dyn oci::ImageSource> = Arc::from(source);
     let mut out = Vec::new();
     for l in &manifest.layers {
         if wanted.is_some_and(|w| w != l.digest) {
             continue;
         }
-        let blob: SharedBlob = Arc::from(source.blob(l)?);
+        let blob: SharedBlob = match (&remote, fetcher) {
+            (Some(reg), Some(f)) => {
+                let client = reg.client().clone();
+                let url = client.blob_url(&l.digest);
+                Arc::new(HttpBlob::with_auth(f, url.as_str(), l.size, client)?)
+            }
+            _ => Arc::from(source.blob(l)?),
+        };
         if blob.len() != l.size {
             bail!("layer {}: blob size differs from its descriptor", l.digest);
         }
