@@ -14,12 +14,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #   skopeo, umoci: other OCI tools that must accept our images;
 #   tar, gzip, pigz, zstd: extracting and compressing layers as users do;
 #   attr (getfattr), jq: inspecting results by hand when a test fails;
-#   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates.
+#   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates;
+#   docker-registry (distribution 2.8), apache2-utils (htpasswd -B), openssl: the registry tests
+#     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl).
 PACKAGES=(
     golang-go golang-github-containerd-stargz-snapshotter-dev
     skopeo umoci
     tar gzip pigz zstd
     attr jq erofs-utils ca-certificates
+    docker-registry apache2-utils openssl
 )
 
 missing=()
