@@ -4,13 +4,17 @@
 //!   [`lazypull_converter::convert::convert`] with a progress bar, per-layer summaries on stderr
 //!   and an optional JSON report on stdout.
 //! - [`run_mount`] / [`run_umount`]: `lazypull mount` and `lazypull umount`, serving converted
-//!   layers through FUSE with every chunk verified and cached.
+//!   layers (from files, URLs, layouts or registries) through FUSE with every chunk verified
+//!   and cached.
+//! - [`run_inspect`]: `lazypull inspect`, each layer's format, sizes, entries, chunks, prefetch
+//!   region and verification annotations, read as a lazy mount reads them.
 //! - [`run_demo`]: `lazypull demo`, which builds the sample image, converts it to eStargz and
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
 
 mod demo;
 mod demo_lazy;
+mod inspect;
 mod mount;
 mod progress;
 
@@ -21,6 +25,7 @@ use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
 use lazypull_converter::registry::{Credentials, RegistryOptions};
 
 pub use demo::{run_demo, DemoArgs};
+pub use inspect::{run_inspect, InspectArgs};
 pub use mount::{run_mount, run_umount, MountArgs};
 
 /// Output layer format chosen on the command line.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use lazypull::{ConvertArgs, DemoArgs, MountArgs, OutputFormat, RegistryArgs};
+use lazypull::{ConvertArgs, DemoArgs, InspectArgs, MountArgs, OutputFormat, RegistryArgs};
 
 /// Lazy-pull container images: convert OCI images into seekable eStargz or EROFS layers whose
 /// files can be fetched on demand, so containers start before their image is downloaded.
@@ -53,6 +53,11 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Show each layer of an image: format, sizes, entries, chunks, prefetch region and the
+    /// annotations a lazy mount verifies it by (only TOCs and indexes are fetched).
+    ///
+    /// Example: lazypull inspect 127.0.0.1:5000/app:1.0-esgz --json
+    Inspect(InspectCmd),
     /// Build a small sample image, convert it, verify it and print what happened.
     ///
     /// Example: lazypull demo --keep ./demo-out
@@ -214,6 +219,20 @@ struct MountCmd {
 }
 
 #[derive(clap::Args, Debug)]
+struct InspectCmd {
+    /// `oci:DIR[:TAG]`, an archive, or a registry image.
+    image: String,
+    /// Only this platform of a multi-platform image, as OS/ARCH[/VARIANT].
+    #[arg(long)]
+    platform: Option<String>,
+    /// Print JSON instead of one line per layer.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+#[derive(clap::Args, Debug)]
 struct DemoCmd {
     /// Keep the sample and converted images in this directory instead of a temporary one.
     #[arg(long)]
@@ -282,6 +301,12 @@ fn main() -> ExitCode {
             registry: m.registry.args(),
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
+        Command::Inspect(i) => lazypull::run_inspect(InspectArgs {
+            image: i.image,
+            platform: i.platform,
+            json: i.json,
+            registry: i.registry.args(),
+        }),
         Command::Demo(d) => lazypull::run_demo(DemoArgs {
             keep: d.keep,
             bandwidth_mbit: d.bandwidth,

@@ -123,6 +123,38 @@ fn round_trip(auth: Auth) {
             assert_eq!(&sha256(&blob), d, "{format}: blob {d} copied back intact");
         }
 
+        // inspect reads the TOCs / chunk indexes from the registry and finds them verified.
+        let mut args: Vec<String> = vec!["inspect".into(), "--json".into()];
+        args.extend(creds_args(&reg));
+        args.push(dst.clone());
+        let out = lazypull_env(&args, &[("DOCKER_CONFIG", "/nonexistent")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let layers = inspected["manifests"][0]["layers"].as_array().unwrap();
+        let digests: Vec<&str> = layers
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, reported, "{inspected}");
+        for (l, r) in layers
+            .iter()
+            .zip(report["manifests"][0]["layers"].as_array().unwrap())
+        {
+            assert_eq!(l["format"], format, "{l}");
+            assert_eq!(l["verified"], true, "{l}");
+            // The reader also counts the root and parent directories the tar left implicit.
+            assert!(l["entries"].as_u64() >= r["entries"].as_u64(), "{l} vs {r}");
+            assert!(l["chunks"].as_u64().unwrap() > 0, "{l}");
+            assert!(
+                !l["verificationAnnotations"].as_array().unwrap().is_empty(),
+                "{l}"
+            );
+        }
+
         // Converting again finds every blob in place; nothing is uploaded twice.
         let again = convert(&reg, format, &src, &dst);
         assert_eq!(again["push"]["uploaded"], 0, "{again}");
