@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::mount::{expected_tree, fuse_support, read_everything, without_dir_mtimes, Served};
 use crate::util::registry::{missing_registry_tools, Auth, TestRegistry, PASSWORD, USER};
 use crate::util::tree::{compare, snapshot};
-use crate::util::{lazypull_bin, run_with_timeout, sha256, skip_unless, Layout, TIMEOUT};
+use crate::util::{lazypull_bin, run_ok, run_with_timeout, sha256, skip_unless, Layout, TIMEOUT};
 
 /// `lazypull ARGS` with extra environment.
 fn lazypull_env(args: &[String], env: &[(&str, &str)]) -> Output {
@@ -394,4 +394,77 @@ fn stopped_registry_fails_cleanly_and_keeps_the_tag() {
     reg.resume();
     let raw = reg.skopeo_raw(&format!("docker://{dst}"));
     assert_eq!(sha256(&raw), before, "the interrupted push moved the tag");
+}
+
+/// An image index pushed with `skopeo copy --all` and a Docker v2 schema 2 manifest pushed with
+/// `--format v2s2` convert like an OCI manifest; the index is pushed after its manifest.
+#[test]
+fn index_and_docker_v2s2_sources() {
+    if !tools_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start(Auth::Anonymous);
+    let multi = sample::write_sample_image(&tmp.path().join("multi"), "t").unwrap();
+    crate::util::wrap_in_image_index(&multi.dir, "t");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:t", multi.dir.display()))
+            .arg(reg.docker_ref("multi:v1")),
+    );
+    let single = sample::write_sample_image(&tmp.path().join("single"), "t").unwrap();
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--format",
+                "v2s2",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:t", single.dir.display()))
+            .arg(reg.docker_ref("docker:v1")),
+    );
+    let raw: Value = serde_json::from_slice(&reg.skopeo_raw(&reg.docker_ref("docker:v1"))).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    let src = format!("{}/multi:v1", reg.host);
+    let dst = format!("{}/multi-esgz:v1", reg.host);
+    let report = convert(&reg, "estargz", &src, &dst);
+    assert_eq!(
+        report["root"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(report["push"]["manifests"], 2, "{report}");
+    let raw = reg.skopeo_raw(&format!("docker://{dst}"));
+    assert_eq!(sha256(&raw), report["root"]["digest"].as_str().unwrap());
+    let index: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        report["manifests"][0]["digest"]
+    );
+
+    let mut args: Vec<String> = vec![
+        "convert".into(),
+        "--json".into(),
+        "--platform".into(),
+        "linux/arm64".into(),
+    ];
+    args.extend([src.clone(), format!("{}/none:v1", reg.host)]);
+    let out = lazypull_env(&args, &[("DOCKER_CONFIG", "/nonexistent")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("platform linux/arm64"));
+
+    let report = convert(
+        &reg,
+        "erofs",
+        &format!("{}/docker:v1", reg.host),
+        &format!("{}/docker-erofs:v1", reg.host),
+    );
+    let raw = reg.skopeo_raw(&reg.docker_ref("docker-erofs:v1"));
+    assert_eq!(sha256(&raw), report["root"]["digest"].as_str().unwrap());
 }
