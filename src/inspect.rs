@@ -94,8 +94,7 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         for l in &m.layers {
             let blob: Arc<dyn BlobRead> = match (&remote, &fetcher) {
                 (Some(reg), Some(f)) => {
-                    let client = reg.client().clone();
-                    let url = client.blob_url(&l.digest);
+                    let (client, url) = reg.blob_location(&l.digest);
                     Arc::new(HttpBlob::with_auth(f, url.as_str(), l.size, client)?)
                 }
                 _ => Arc::from(source.blob(l)?),

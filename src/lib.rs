@@ -62,6 +62,8 @@ pub struct RegistryArgs {
     pub insecure: bool,
     /// Blobs larger than this are uploaded in chunks of this size.
     pub upload_chunk_size: Option<u64>,
+    /// Registries tried first for pulls (`HOST[:PORT]`), in order.
+    pub mirrors: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -71,6 +73,7 @@ impl RegistryArgs {
             creds: self.creds.as_deref().map(Credentials::parse).transpose()?,
             plain_http: self.plain_http,
             insecure: self.insecure,
+            mirrors: self.mirrors.clone(),
             ..RegistryOptions::default()
         };
         if let Some(n) = self.upload_chunk_size {

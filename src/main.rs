@@ -136,6 +136,12 @@ struct RegistryFlags {
     /// Accept any TLS certificate from registries.
     #[arg(long)]
     insecure: bool,
+    /// A registry to pull from first (repeatable, tried in order); the image's own registry is
+    /// the fallback. Content is verified by digest whoever serves it.
+    ///
+    /// Example: --mirror 127.0.0.1:65001 (a P2P daemon such as Dragonfly's dfdaemon)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    mirror: Vec<String>,
     /// Blobs larger than this many bytes are pushed in chunks of this size (default 16 MiB).
     #[arg(long, hide = true)]
     upload_chunk_size: Option<u64>,
@@ -148,6 +154,7 @@ impl RegistryFlags {
             plain_http: self.plain_http,
             insecure: self.insecure,
             upload_chunk_size: self.upload_chunk_size,
+            mirrors: self.mirror,
         }
     }
 }

@@ -468,3 +468,52 @@ fn index_and_docker_v2s2_sources() {
     let raw = reg.skopeo_raw(&reg.docker_ref("docker-erofs:v1"));
     assert_eq!(sha256(&raw), report["root"]["digest"].as_str().unwrap());
 }
+
+/// `--mirror`: a mirror holding the image serves it even when the image's registry is down;
+/// a mirror without it falls through to the image's registry.
+#[test]
+fn mirrors_are_tried_first() {
+    if !tools_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut origin = TestRegistry::start(Auth::Anonymous);
+    let mirror = TestRegistry::start(Auth::Anonymous);
+    let image = push_fixture(&origin, tmp.path());
+    let origin_host = origin.host.clone();
+    let pull = |name: &str, mirror_host: &str| {
+        let args: Vec<String> = vec![
+            "convert".into(),
+            "--json".into(),
+            "--mirror".into(),
+            mirror_host.into(),
+            format!("{origin_host}/sample:v1"),
+            format!("oci:{}:v1", tmp.path().join(name).display()),
+        ];
+        lazypull_env(&args, &[("DOCKER_CONFIG", "/nonexistent")])
+    };
+    // The mirror is empty: everything comes from the origin.
+    let out = pull("fallback", &mirror.host);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // Fill the mirror, stop the origin: the mirror alone serves the same image.
+    mirror.skopeo_copy(
+        &format!("oci:{}:t", image.dir.display()),
+        &mirror.docker_ref("sample:v1"),
+        "dest",
+    );
+    origin.stop();
+    let out = pull("mirrored", &mirror.host);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["root"], expected["root"]);
+}

@@ -32,6 +32,9 @@ pub struct RegistryOptions {
     pub timeout: Duration,
     /// Blobs larger than this are uploaded in PATCH chunks of this size.
     pub upload_chunk_size: u64,
+    /// Registries (`HOST[:PORT]`) asked first for pulls, in order; the image's own registry is
+    /// the fallback. Pushes never go to a mirror.
+    pub mirrors: Vec<String>,
 }
 
 impl Default for RegistryOptions {
@@ -44,6 +47,7 @@ impl Default for RegistryOptions {
             backoff: Duration::from_millis(200),
             timeout: Duration::from_secs(60),
             upload_chunk_size: 16 << 20,
+            mirrors: Vec::new(),
         }
     }
 }

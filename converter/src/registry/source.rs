@@ -29,9 +29,13 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 ///
 /// The root manifest is fetched once and kept; child manifests and configs are read whole and
 /// verified; layers are streamed into a temporary directory (removed with the source), their
-/// size and digest checked on the way, and served from there as [`FileBlob`]s.
+/// size and digest checked on the way, and served from there as [`FileBlob`]s. Mirrors
+/// ([`RegistryOptions::mirrors`]) are asked first, each failure falling through to the next and
+/// finally to the image's own registry; content is verified by digest whoever served it.
 pub struct RegistrySource {
     client: Arc<Client>,
+    /// The mirrors' clients, in order, then `client`.
+    clients: Vec<Arc<Client>>,
     name: String,
     temp: TempDir,
     manifests: Mutex<HashMap<Digest, Vec<u8>>>,
@@ -41,13 +45,23 @@ pub struct RegistrySource {
 impl RegistrySource {
     /// A source for `reference`; nothing is asked of the registry until [`ImageSource::root`].
     pub fn open(reference: &Reference, opts: &RegistryOptions) -> Result<Self> {
-        let client = Client::new(reference, false, &[], opts)?;
+        let client = Arc::new(Client::new(reference, false, &[], opts)?);
+        let mut clients = Vec::new();
+        for host in &opts.mirrors {
+            let mirrored = Reference {
+                registry: host.clone(),
+                ..reference.clone()
+            };
+            clients.push(Arc::new(Client::new(&mirrored, false, &[], opts)?));
+        }
+        clients.push(client.clone());
         let temp = tempfile::Builder::new()
             .prefix("lazypull-pull-")
             .tempdir()
             .map_err(|e| Error::io("create a temporary directory for pulled blobs", e))?;
         Ok(RegistrySource {
-            client: Arc::new(client),
+            client,
+            clients,
             name: format!("docker://{reference}"),
             temp,
             manifests: Mutex::new(HashMap::new()),
@@ -60,11 +74,45 @@ impl RegistrySource {
         &self.client
     }
 
+    /// Where range reads of a blob should go: the first mirror that has it, else the image's
+    /// own registry. The client authorises the requests.
+    pub fn blob_location(&self, digest: &Digest) -> (Arc<Client>, reqwest::Url) {
+        for c in &self.clients[..self.clients.len() - 1] {
+            let step = format!("check blob {digest}");
+            let url = c.blob_url(digest);
+            if let Ok(r) = c.send(&step, Method::HEAD, url.clone(), &[], None, false) {
+                if r.status() == StatusCode::OK {
+                    return (c.clone(), url);
+                }
+            }
+        }
+        (self.client.clone(), self.client.blob_url(digest))
+    }
+
+    /// `op` on each mirror, then on the image's registry: the first success.
+    fn first_ok<T>(&self, op: impl Fn(&Client) -> Result<T>) -> Result<T> {
+        let (source, mirrors) = self
+            .clients
+            .split_last()
+            .expect("the source is always there");
+        for c in mirrors {
+            match op(c) {
+                Ok(v) => return Ok(v),
+                Err(e) => tracing::info!("mirror: {e}; trying the next source"),
+            }
+        }
+        op(source)
+    }
+
     /// GET a manifest by tag or digest: its bytes and media type.
     fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, String)> {
+        self.first_ok(|c| Self::get_manifest_from(c, target))
+    }
+
+    fn get_manifest_from(client: &Client, target: &str) -> Result<(Vec<u8>, String)> {
         let step = format!("pull manifest {target}");
-        let url = self.client.manifest_url(target);
-        let response = self.client.send(
+        let url = client.manifest_url(target);
+        let response = client.send(
             &step,
             Method::GET,
             url,
@@ -73,7 +121,7 @@ impl RegistrySource {
             true,
         )?;
         if response.status() != StatusCode::OK {
-            return Err(self.client.status_error(&step, response));
+            return Err(client.status_error(&step, response));
         }
         let content_type = response
             .headers()
@@ -81,21 +129,21 @@ impl RegistrySource {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
             .unwrap_or_default();
-        let bytes = read_small(response, MAX_JSON_BLOB)
-            .map_err(|e| Error::io(self.client.context(&step), e))?;
+        let bytes =
+            read_small(response, MAX_JSON_BLOB).map_err(|e| Error::io(client.context(&step), e))?;
         Ok((bytes, content_type))
     }
 
     /// Stream a blob into `sink`, checking its size and digest; the bytes are only trusted
     /// once this returns `Ok`.
-    fn stream_blob(&self, desc: &Descriptor, sink: &mut dyn Write) -> Result<()> {
+    fn stream_blob(client: &Client, desc: &Descriptor, sink: &mut dyn Write) -> Result<()> {
         let step = format!("pull blob {}", desc.digest);
-        let url = self.client.blob_url(&desc.digest);
-        let response = self.client.send(&step, Method::GET, url, &[], None, true)?;
+        let url = client.blob_url(&desc.digest);
+        let response = client.send(&step, Method::GET, url, &[], None, true)?;
         if response.status() != StatusCode::OK {
-            return Err(self.client.status_error(&step, response));
+            return Err(client.status_error(&step, response));
         }
-        let what = || self.client.context(&step);
+        let what = || client.context(&step);
         let mut hasher = Hasher::new();
         let mut body = response.take(desc.size + 1);
         let mut buf = vec![0u8; 256 << 10];
@@ -144,14 +192,14 @@ impl RegistrySource {
         let part = self.temp.path().join(format!("{}.part", desc.digest.hex()));
         let mut attempt = 0;
         loop {
-            let result = File::create(&part)
-                .map_err(|e| Error::io(format!("create {}", part.display()), e))
-                .and_then(|f| {
-                    let mut w = BufWriter::new(f);
-                    self.stream_blob(desc, &mut w)?;
-                    w.flush()
-                        .map_err(|e| Error::io(format!("write {}", part.display()), e))
-                });
+            let result = self.first_ok(|c| {
+                let f = File::create(&part)
+                    .map_err(|e| Error::io(format!("create {}", part.display()), e))?;
+                let mut w = BufWriter::new(f);
+                Self::stream_blob(c, desc, &mut w)?;
+                w.flush()
+                    .map_err(|e| Error::io(format!("write {}", part.display()), e))
+            });
             match result {
                 Ok(()) => break,
                 Err(e) if is_transient(&e) && attempt < self.client.options().retries => {
@@ -225,11 +273,11 @@ impl ImageSource for RegistrySource {
             None if media::is_manifest(&desc.media_type) || media::is_index(&desc.media_type) => {
                 self.get_manifest(&desc.digest.to_string())?.0
             }
-            None => {
+            None => self.first_ok(|c| {
                 let mut out = Vec::with_capacity(desc.size as usize);
-                self.stream_blob(desc, &mut out)?;
-                out
-            }
+                Self::stream_blob(c, desc, &mut out)?;
+                Ok(out)
+            })?,
         };
         let actual = Digest::of(&bytes);
         if actual != desc.digest || bytes.len() as u64 != desc.size {
