@@ -517,3 +517,38 @@ fn mirrors_are_tried_first() {
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["root"], expected["root"]);
 }
+
+/// A lazy mount whose token stops being accepted (the token server's key rotated, the registry
+/// restarted): range reads get a 401, fetch a new token and go on; nothing fails.
+#[test]
+fn lazy_mount_renews_a_refused_token() {
+    if !tools_ok() {
+        return;
+    }
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = TestRegistry::start(Auth::Token);
+    let image = push_fixture(&reg, tmp.path());
+    let dst = format!("{}/sample-esgz:v1", reg.host);
+    convert(&reg, "estargz", &format!("{}/sample:v1", reg.host), &dst);
+    let (want, explicit) = expected_tree(&image, &tmp.path().join("want"));
+
+    let creds = reg.creds().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let extra = ["--creds", &creds, "--no-background-fetch"];
+    let served = Served::start_with(&extra, &dst, &mnt, &tmp.path().join("cache"));
+    let before = reg.tokens_issued();
+    reg.rotate_token_key();
+    let got = without_dir_mtimes(snapshot(&mnt));
+    assert!(read_everything(&mnt) > 0);
+    let diff = compare(&want, &got, Some(&explicit));
+    assert!(diff.0.is_empty(), "after the token was refused:\n{diff}");
+    let stderr = served.stop();
+    let stats = crate::mount::final_stats(&stderr);
+    assert_eq!(stats["fetch"]["failures"], 0, "{stderr}");
+    assert!(
+        reg.tokens_issued() > before,
+        "no new token was asked for after the 401: {stderr}"
+    );
+}

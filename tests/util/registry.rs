@@ -181,6 +181,19 @@ impl TestRegistry {
             .map_or(0, |t| t.issued.load(Ordering::Relaxed))
     }
 
+    /// Sign tokens with a new key from now on and restart the registry trusting only it: every
+    /// token issued before is refused with a 401 (what an expired token gets, without waiting
+    /// for distribution's 60 s leeway).
+    pub fn rotate_token_key(&mut self) {
+        let t = self.token.as_ref().expect("a token registry");
+        {
+            let mut cert = t.signer.cert_der_b64.lock().unwrap();
+            *cert = new_signing_key(&t.signer.key, &t.cert_pem);
+        }
+        self.stop();
+        self.resume();
+    }
+
     /// Make the token server issue tokens valid for `secs` seconds from now on.
     pub fn set_token_lifetime(&self, secs: u64) {
         if let Some(t) = &self.token {
@@ -225,6 +238,7 @@ pub fn http_status(host: &str, path: &str) -> Option<u16> {
 struct TokenServer {
     port: u16,
     cert_pem: PathBuf,
+    signer: Arc<Signer>,
     stop: Arc<AtomicBool>,
     issued: Arc<AtomicU64>,
     lifetime: Arc<AtomicU64>,
@@ -233,34 +247,41 @@ struct TokenServer {
 
 struct Signer {
     key: PathBuf,
-    cert_der_b64: String,
+    /// The signing certificate (DER, base64) for the `x5c` header; replaced by a key rotation.
+    cert_der_b64: Mutex<String>,
     seq: Mutex<u64>,
+}
+
+/// A new RSA key and self-signed certificate at `key` and `cert`; the certificate as DER base64.
+fn new_signing_key(key: &Path, cert: &Path) -> String {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=lazypull-test-token"])
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(cert)
+            .stderr(Stdio::null()),
+    );
+    let der = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(cert),
+    );
+    base64::engine::general_purpose::STANDARD.encode(der)
 }
 
 impl TokenServer {
     fn start(dir: &Path) -> TokenServer {
         let key = dir.join("token-key.pem");
         let cert_pem = dir.join("token-cert.pem");
-        run_ok(
-            Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args(["-subj", "/CN=lazypull-test-token"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert_pem)
-                .stderr(Stdio::null()),
-        );
-        let der = run_ok(
-            Command::new("openssl")
-                .args(["x509", "-outform", "DER", "-in"])
-                .arg(&cert_pem),
-        );
+        let der = new_signing_key(&key, &cert_pem);
         let signer = Arc::new(Signer {
             key,
-            cert_der_b64: base64::engine::general_purpose::STANDARD.encode(der),
+            cert_der_b64: Mutex::new(der),
             seq: Mutex::new(0),
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -268,6 +289,7 @@ impl TokenServer {
         let stop = Arc::new(AtomicBool::new(false));
         let issued = Arc::new(AtomicU64::new(0));
         let lifetime = Arc::new(AtomicU64::new(300));
+        let signer_handle = signer.clone();
         let thread = {
             let (stop, issued, lifetime) = (stop.clone(), issued.clone(), lifetime.clone());
             std::thread::spawn(move || {
@@ -286,6 +308,7 @@ impl TokenServer {
         TokenServer {
             port,
             cert_pem,
+            signer: signer_handle,
             stop,
             issued,
             lifetime,
@@ -364,7 +387,9 @@ fn serve_token(mut conn: TcpStream, signer: &Signer, lifetime: u64) -> bool {
         *seq += 1;
         format!("lazypull-{now}-{}", *seq)
     };
-    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [signer.cert_der_b64]});
+    // The key file is replaced only under this lock (key rotation), so key and x5c agree.
+    let cert = signer.cert_der_b64.lock().unwrap();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [*cert]});
     let claims = serde_json::json!({
         "iss": ISSUER, "sub": USER, "aud": SERVICE,
         "exp": now + lifetime, "nbf": now - 10, "iat": now, "jti": jti,
@@ -398,6 +423,7 @@ fn serve_token(mut conn: TcpStream, signer: &Signer, lifetime: u64) -> bool {
         .read_to_end(&mut signature)
         .unwrap();
     assert!(child.wait().unwrap().success(), "openssl dgst -sign failed");
+    drop(cert);
     let token = format!("{signing_input}.{}", b64(&signature));
     let body = serde_json::json!({"token": token, "access_token": token, "expires_in": lifetime})
         .to_string();

@@ -194,7 +194,11 @@ impl Client {
                     return Ok(Some(header));
                 }
                 self.fetch_token(&challenge, "renew the token")?;
-                self.authorization()
+                // The new token, however short its life: never loop on renewals.
+                match &*self.auth.read().unwrap_or_else(|e| e.into_inner()) {
+                    AuthState::Bearer { header, .. } => Ok(Some(header.clone())),
+                    _ => Ok(None),
+                }
             }
         }
     }
