@@ -43,8 +43,10 @@ pub use descriptor::{Descriptor, Platform};
 pub use dest::{BlobWriter, LayoutDest, WrittenBlob};
 pub use image::{ImageNode, Index, Manifest, PlatformFilter};
 pub use layout::LayoutSource;
+#[cfg(feature = "registry")]
 pub(crate) use reference::is_tag;
 pub use reference::{ArchiveSelector, ImageRef};
+#[cfg(feature = "registry")]
 pub(crate) use source::check_json_size;
 #[cfg(feature = "registry")]
 pub use source::open_source_with;
