@@ -160,6 +160,17 @@ fn round_trip(auth: Auth) {
         assert_eq!(again["push"]["uploaded"], 0, "{again}");
         assert_eq!(again["root"]["digest"], root.as_str());
 
+        // Converting the converted image again keeps every blob: the registry mounts them all
+        // from the source repository instead of receiving them (pull scope on it, with tokens).
+        let copy = format!("{}/copy-{format}:v1", reg.host);
+        let copied = convert(&reg, format, &dst, &copy);
+        assert_eq!(copied["root"]["digest"], root.as_str(), "{copied}");
+        assert_eq!(
+            copied["push"]["mounted"], copied["push"]["blobs"],
+            "{copied}"
+        );
+        assert_eq!(copied["push"]["uploaded"], 0, "{copied}");
+
         mount_from_registry(&reg, &image, &dst, tmp.path(), format);
     }
     if auth == Auth::Token {

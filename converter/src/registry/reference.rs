@@ -59,7 +59,11 @@ impl Reference {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => self.registry.as_str(),
         };
-        host == "localhost" || host.starts_with("127.") || host == "[::1]"
+        host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -182,6 +186,8 @@ mod tests {
         assert_eq!(r.tag, None);
         assert!(r.is_loopback());
         assert!(!parse("ghcr.io/org/app").is_loopback());
+        assert!(!parse("127.example.com/app").is_loopback());
+        assert!(parse("127.0.0.2:80/app").is_loopback());
         assert_eq!(parse("ghcr.io/org/app").target(), "latest");
         assert_eq!(parse("[::1]:5000/x:t").registry, "[::1]:5000");
     }
