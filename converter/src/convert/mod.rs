@@ -134,10 +134,18 @@ pub trait Progress: Sync {
     fn bytes(&self, _n: u64) {}
     /// Layer `index` (counting from 0 over every manifest's layers, in image order) finished.
     fn layer_done(&self, _index: usize, _total: usize, _report: &LayerReport) {}
-    /// A blob of `size` bytes starts uploading to a registry destination.
-    fn push_start(&self, _digest: &Digest, _size: u64) {}
-    /// Bytes of that blob were sent.
-    fn push_bytes(&self, _digest: &Digest, _n: u64) {}
+    /// A blob transfer from or to a registry reached `done` of `size` bytes (it starts at 0,
+    /// starts over at 0 after a failure, and is complete at `size`).
+    fn transfer(&self, _kind: Transfer, _digest: &Digest, _size: u64, _done: u64) {}
+}
+
+/// Which way a blob goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// Downloaded from a registry source.
+    Pull,
+    /// Uploaded to a registry destination.
+    Push,
 }
 
 /// Progress that goes nowhere.
@@ -253,11 +261,8 @@ pub fn convert(
 struct ProgressPush<'a>(&'a dyn Progress);
 
 impl PushProgress for ProgressPush<'_> {
-    fn blob_start(&self, digest: &Digest, size: u64) {
-        self.0.push_start(digest, size);
-    }
-    fn blob_bytes(&self, digest: &Digest, n: u64) {
-        self.0.push_bytes(digest, n);
+    fn blob(&self, digest: &Digest, size: u64, done: u64) {
+        self.0.transfer(Transfer::Push, digest, size, done);
     }
 }
 
@@ -392,7 +397,8 @@ fn convert_manifest(
         .zip(diff_ids.par_iter())
         .enumerate()
         .map(|(i, (l, diff_id))| {
-            let blob = source.blob(l)?;
+            let report = |done| progress.transfer(Transfer::Pull, &l.digest, l.size, done);
+            let blob = source.blob_with_progress(l, &report)?;
             let out = if l.media_type == erofs_format::MEDIA_TYPE_EROFS
                 || l.media_type == erofs_format::MEDIA_TYPE_EROFS_ZSTD
             {

@@ -28,6 +28,17 @@ pub trait ImageSource: Send + Sync {
     /// digest is not (that needs a full read): whoever streams it through must compare.
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>>;
 
+    /// Like [`ImageSource::blob`], telling `progress` how many bytes have arrived when the
+    /// source has to download the blob first (a registry); local sources never call it.
+    fn blob_with_progress(
+        &self,
+        desc: &Descriptor,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn BlobRead>> {
+        let _ = progress;
+        self.blob(desc)
+    }
+
     /// A small blob (manifest, index, config) read whole; its size and digest are verified and
     /// blobs larger than [`MAX_JSON_BLOB`] are refused.
     fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {

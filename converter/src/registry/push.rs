@@ -41,12 +41,11 @@ pub struct PushReport {
     pub manifests: usize,
 }
 
-/// Receives push progress (per blob); all methods may be called from any thread.
+/// Receives push progress per blob; may be called from any thread.
 pub trait PushProgress: Sync {
-    /// A blob is about to be uploaded.
-    fn blob_start(&self, _digest: &Digest, _size: u64) {}
-    /// Bytes of a blob were sent.
-    fn blob_bytes(&self, _digest: &Digest, _n: u64) {}
+    /// `done` of the `size` bytes of a blob were sent (0 when its upload starts, again 0 when
+    /// it starts over, `size` when it is complete).
+    fn blob(&self, _digest: &Digest, _size: u64, _done: u64) {}
 }
 
 impl PushProgress for () {}
@@ -258,7 +257,7 @@ fn upload(
     progress: &dyn PushProgress,
 ) -> Result<()> {
     let chunk = client.options().upload_chunk_size.max(1);
-    progress.blob_start(&desc.digest, desc.size);
+    progress.blob(&desc.digest, desc.size, 0);
     let mut last: Option<Vec<u8>> = None;
     if desc.size <= chunk {
         last = Some(blob.read_vec(0, desc.size)?);
@@ -283,8 +282,8 @@ fn upload(
                 return Err(client.status_error(&format!("{step}: bytes {range}"), response));
             }
             location = location_or(client, &response, step, location)?;
-            progress.blob_bytes(&desc.digest, n);
             off += n;
+            progress.blob(&desc.digest, desc.size, off);
         }
     }
     location
@@ -306,9 +305,7 @@ fn upload(
     if response.status() != StatusCode::CREATED {
         return Err(client.status_error(step, response));
     }
-    if last.is_some() {
-        progress.blob_bytes(&desc.digest, desc.size);
-    }
+    progress.blob(&desc.digest, desc.size, desc.size);
     Ok(())
 }
 

@@ -136,7 +136,12 @@ impl RegistrySource {
 
     /// Stream a blob into `sink`, checking its size and digest; the bytes are only trusted
     /// once this returns `Ok`.
-    fn stream_blob(client: &Client, desc: &Descriptor, sink: &mut dyn Write) -> Result<()> {
+    fn stream_blob(
+        client: &Client,
+        desc: &Descriptor,
+        sink: &mut dyn Write,
+        progress: &dyn Fn(u64),
+    ) -> Result<()> {
         let step = format!("pull blob {}", desc.digest);
         let url = client.blob_url(&desc.digest);
         let response = client.send(&step, Method::GET, url, &[], None, true)?;
@@ -162,6 +167,7 @@ impl RegistrySource {
             }
             sink.write_all(&buf[..n])
                 .map_err(|e| Error::io(what(), e))?;
+            progress(hasher.len());
         }
         if hasher.len() != desc.size {
             return Err(Error::io(
@@ -184,7 +190,7 @@ impl RegistrySource {
     }
 
     /// Download a blob to the temporary directory (once), restarting after transient failures.
-    fn download(&self, desc: &Descriptor) -> Result<PathBuf> {
+    fn download(&self, desc: &Descriptor, progress: &dyn Fn(u64)) -> Result<PathBuf> {
         if let Some(p) = self.lock_files().get(&desc.digest) {
             return Ok(p.clone());
         }
@@ -196,7 +202,8 @@ impl RegistrySource {
                 let f = File::create(&part)
                     .map_err(|e| Error::io(format!("create {}", part.display()), e))?;
                 let mut w = BufWriter::new(f);
-                Self::stream_blob(c, desc, &mut w)?;
+                progress(0);
+                Self::stream_blob(c, desc, &mut w, progress)?;
                 w.flush()
                     .map_err(|e| Error::io(format!("write {}", part.display()), e))
             });
@@ -256,7 +263,15 @@ impl ImageSource for RegistrySource {
     }
 
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>> {
-        let path = self.download(desc)?;
+        self.blob_with_progress(desc, &|_| {})
+    }
+
+    fn blob_with_progress(
+        &self,
+        desc: &Descriptor,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn BlobRead>> {
+        let path = self.download(desc, progress)?;
         Ok(Box::new(FileBlob::open(&path)?))
     }
 
@@ -275,7 +290,7 @@ impl ImageSource for RegistrySource {
             }
             None => self.first_ok(|c| {
                 let mut out = Vec::with_capacity(desc.size as usize);
-                Self::stream_blob(c, desc, &mut out)?;
+                Self::stream_blob(c, desc, &mut out, &|_| {})?;
                 Ok(out)
             })?,
         };
