@@ -563,3 +563,44 @@ fn lazy_mount_renews_a_refused_token() {
         "no new token was asked for after the 401: {stderr}"
     );
 }
+
+/// A registry that serves bytes other than the digest it names (its storage tampered with):
+/// the pull fails with a digest mismatch naming the blob, and the destination is not created.
+#[test]
+fn tampered_registry_blobs_are_refused() {
+    if !tools_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start(Auth::Anonymous);
+    let image = push_fixture(&reg, tmp.path());
+    let layer = &image.layers[1];
+    let hex = layer.digest.hex();
+    let data = reg
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let out_dir = tmp.path().join("out");
+    let args: Vec<String> = vec![
+        "convert".into(),
+        "--no-progress".into(),
+        format!("{}/sample:v1", reg.host),
+        format!("oci:{}:v1", out_dir.display()),
+    ];
+    let out = lazypull_env(&args, &[("DOCKER_CONFIG", "/nonexistent")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tampered layer was accepted");
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert!(
+        err.contains(&format!("pull blob {}", layer.digest)),
+        "{err}"
+    );
+    assert!(!out_dir.exists());
+}

@@ -294,8 +294,9 @@ impl Client {
             .ok_or_else(|| Error::format(format!("{}: answer has no token", what())))?;
         // The spec's default lifetime is 60 s; renew a little early so no request carries a
         // token that expires in flight.
+        // A day at most: a hostile `expires_in` must not overflow the clock.
         let lifetime = v.get("expires_in").and_then(Value::as_u64).unwrap_or(60);
-        let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(5).max(1));
+        let expires = Instant::now() + Duration::from_secs(lifetime.clamp(6, 86_400) - 5);
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = AuthState::Bearer {
             header: format!("Bearer {token}"),
             expires,
