@@ -381,7 +381,7 @@ fn one_small_file_over_http_fetches_under_one_percent() {
 }
 
 /// Regular files under `root` with their sizes, from metadata only.
-fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
+pub(crate) fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -604,3 +604,49 @@ fn tampered_registry_blobs_are_refused() {
     );
     assert!(!out_dir.exists());
 }
+
+/// The registry stops while an image is mounted from it: reads of what was not fetched yet fail
+/// with EIO after the retries, within bounded time; once it is back, they succeed.
+#[test]
+fn registry_outage_during_a_lazy_mount() {
+    if !tools_ok() {
+        return;
+    }
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = TestRegistry::start(Auth::Basic);
+    push_fixture(&reg, tmp.path());
+    let dst = format!("{}/sample-esgz:v1", reg.host);
+    convert(&reg, "estargz", &format!("{}/sample:v1", reg.host), &dst);
+    let creds = reg.creds().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let extra = [
+        "--creds",
+        &creds,
+        "--no-background-fetch",
+        "--fetch-timeout",
+        "1",
+        "--fetch-retries",
+        "1",
+    ];
+    let served = Served::start_with(&extra, &dst, &mnt, &tmp.path().join("cache"));
+    let files: Vec<String> = crate::mount::walkdir_files(&mnt)
+        .into_iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!files.is_empty());
+    reg.stop();
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join(&files[0])).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "not EIO: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    reg.resume();
+    assert!(!std::fs::read(mnt.join(&files[0])).unwrap().is_empty());
+    served.stop();
+}
