@@ -53,17 +53,29 @@ pub struct ConvertArgs {
     pub registry: RegistryArgs,
 }
 
-/// How to reach registries, from the command line.
-#[derive(Clone, Debug, Default)]
+/// How registries are reached (`convert`, `mount`, `inspect`), from the command line.
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct RegistryArgs {
-    /// `USER:PASS` for every registry, instead of the docker config.
+    /// Credentials for every registry, instead of the docker config.
+    ///
+    /// Example: --creds alice:s3cret
+    #[arg(long, value_name = "USER:PASS")]
     pub creds: Option<String>,
+    /// Speak plain HTTP to registries (loopback hosts always get plain HTTP).
+    #[arg(long)]
     pub plain_http: bool,
+    /// Accept any TLS certificate from registries.
+    #[arg(long)]
     pub insecure: bool,
-    /// Blobs larger than this are uploaded in chunks of this size.
-    pub upload_chunk_size: Option<u64>,
-    /// Registries tried first for pulls (`HOST[:PORT]`), in order.
+    /// A registry to pull from first (repeatable, tried in order); the image's own registry is
+    /// the fallback. Content is verified by digest whoever serves it.
+    ///
+    /// Example: --mirror 127.0.0.1:65001 (a P2P daemon such as Dragonfly's dfdaemon)
+    #[arg(long = "mirror", value_name = "HOST[:PORT]")]
     pub mirrors: Vec<String>,
+    /// Blobs larger than this many bytes are pushed in chunks of this size (default 16 MiB).
+    #[arg(long, hide = true)]
+    pub upload_chunk_size: Option<u64>,
 }
 
 impl RegistryArgs {

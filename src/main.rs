@@ -119,44 +119,7 @@ struct ConvertCmd {
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
-    registry: RegistryFlags,
-}
-
-/// How registries are reached (convert, mount, inspect).
-#[derive(clap::Args, Debug)]
-struct RegistryFlags {
-    /// Credentials for every registry, instead of the docker config.
-    ///
-    /// Example: --creds alice:s3cret
-    #[arg(long, value_name = "USER:PASS")]
-    creds: Option<String>,
-    /// Speak plain HTTP to registries (loopback hosts always get plain HTTP).
-    #[arg(long)]
-    plain_http: bool,
-    /// Accept any TLS certificate from registries.
-    #[arg(long)]
-    insecure: bool,
-    /// A registry to pull from first (repeatable, tried in order); the image's own registry is
-    /// the fallback. Content is verified by digest whoever serves it.
-    ///
-    /// Example: --mirror 127.0.0.1:65001 (a P2P daemon such as Dragonfly's dfdaemon)
-    #[arg(long, value_name = "HOST[:PORT]")]
-    mirror: Vec<String>,
-    /// Blobs larger than this many bytes are pushed in chunks of this size (default 16 MiB).
-    #[arg(long, hide = true)]
-    upload_chunk_size: Option<u64>,
-}
-
-impl RegistryFlags {
-    fn args(self) -> RegistryArgs {
-        RegistryArgs {
-            creds: self.creds,
-            plain_http: self.plain_http,
-            insecure: self.insecure,
-            upload_chunk_size: self.upload_chunk_size,
-            mirrors: self.mirror,
-        }
-    }
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -222,7 +185,7 @@ struct MountCmd {
     #[arg(long, default_value_t = 5)]
     fetch_retries: u32,
     #[command(flatten)]
-    registry: RegistryFlags,
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -236,7 +199,7 @@ struct InspectCmd {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    registry: RegistryFlags,
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -289,7 +252,7 @@ fn main() -> ExitCode {
             platform: c.platform,
             json: c.json,
             progress: !c.no_progress,
-            registry: c.registry.args(),
+            registry: c.registry,
         }),
         Command::Mount(m) => lazypull::run_mount(MountArgs {
             source: m.source,
@@ -305,14 +268,14 @@ fn main() -> ExitCode {
             background_rate: m.background_rate,
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
-            registry: m.registry.args(),
+            registry: m.registry,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
         Command::Inspect(i) => lazypull::run_inspect(InspectArgs {
             image: i.image,
             platform: i.platform,
             json: i.json,
-            registry: i.registry.args(),
+            registry: i.registry,
         }),
         Command::Demo(d) => lazypull::run_demo(DemoArgs {
             keep: d.keep,
