@@ -11,7 +11,9 @@
 //! - [`run_demo`]: `lazypull demo`, which builds the sample image, converts it to eStargz and
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
+//! - [`bench::run_bench`]: `lazypull bench`, the cold-start benchmark.
 
+pub mod bench;
 mod demo;
 mod demo_lazy;
 mod inspect;

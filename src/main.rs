@@ -41,9 +41,11 @@ enum Command {
     /// Example: lazypull mount oci:./app-esgz:1.0 /mnt/app
     ///
     /// SOURCE: a blob file or an `http://`/`https://` URL of a blob on any server with Range
-    /// support (give --toc-digest), `oci:DIR[:TAG]` or `[docker://]HOST/REPO[:TAG|@DIGEST]`
-    /// (every layer, stacked with overlayfs; `--layer DIGEST` for one; registry layers are
-    /// read by range requests with the registry's authentication). Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    /// support (give --toc-digest), `oci:DIR[:TAG]`, `oci:http://HOST/PATH[:TAG]` (an image
+    /// layout on an HTTP server) or `[docker://]HOST/REPO[:TAG|@DIGEST]` (a registry): every
+    /// layer, stacked with overlayfs (`--layer DIGEST` for one); registry layers are read by
+    /// range requests with the registry's authentication. Serves until Ctrl-C, SIGTERM or
+    /// `lazypull umount`.
     #[command(verbatim_doc_comment)]
     Mount(MountCmd),
     /// Unmount what `lazypull mount` serves; the server then exits.
@@ -62,6 +64,11 @@ enum Command {
     ///
     /// Example: lazypull demo --keep ./demo-out
     Demo(DemoCmd),
+    /// Cold-start benchmark: full pull vs lazy eStargz vs lazy EROFS, with and without a
+    /// recorded prefetch list, over an emulated link (root only).
+    ///
+    /// Example: lazypull bench --images python,gcc --runs 5 --network 100mbit:20ms
+    Bench(BenchCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,7 +131,8 @@ struct ConvertCmd {
 
 #[derive(clap::Args, Debug)]
 struct MountCmd {
-    /// A converted layer blob file or URL, `oci:DIR[:TAG]`, or a registry image.
+    /// A converted layer blob file or URL, `oci:DIR[:TAG]`, `oci:http://HOST/PATH[:TAG]`, or a
+    /// registry image.
     source: String,
     /// Where to mount (created if missing).
     mountpoint: PathBuf,
@@ -184,6 +192,13 @@ struct MountCmd {
     /// Example: --fetch-retries 2 (default 5)
     #[arg(long, default_value_t = 5)]
     fetch_retries: u32,
+    /// Bytes to fetch after a small eStargz read that misses the cache, kept for the reads
+    /// that follow (neighbouring files are usually read together); 0 fetches exactly what is
+    /// read.
+    ///
+    /// Example: --read-ahead 262144
+    #[arg(long, default_value_t = 0)]
+    read_ahead: u64,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -217,6 +232,48 @@ struct DemoCmd {
     /// Example: --latency 50
     #[arg(long, default_value_t = 20)]
     latency: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchCmd {
+    /// Smoke test: one small image, one run per mode, the first network.
+    #[arg(long)]
+    quick: bool,
+    /// Images to build from this machine's software: python, gcc, java (and quick).
+    ///
+    /// Example: --images python,gcc
+    #[arg(long, value_delimiter = ',', default_value = "python,gcc,java")]
+    images: Vec<String>,
+    /// Runs per mode (median and spread are reported).
+    ///
+    /// Example: --runs 3
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Links to emulate, RATE:RTT, repeatable (default: 100mbit:20ms, 1gbit:2ms, 100mbit:50ms).
+    ///
+    /// Example: --network 100mbit:20ms --network 1gbit:2ms
+    #[arg(long)]
+    network: Vec<String>,
+    /// Where images and conversions are kept between runs (default: $TMPDIR/lazypull-bench).
+    ///
+    /// Example: --work /var/tmp/lazypull-bench
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Where coldstart.json, coldstart.svg and coldstart.png are written.
+    ///
+    /// Example: --out ./bench-out
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Keep the lazy mounts' background fetch on (off by default, so that bytes fetched are
+    /// what the workload needed).
+    #[arg(long)]
+    background_fetch: bool,
+    /// An extra option for every `lazypull mount` of the lazy modes, repeatable, to compare
+    /// settings.
+    ///
+    /// Example: --mount-arg=--read-ahead=262144
+    #[arg(long, allow_hyphen_values = true)]
+    mount_arg: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -268,6 +325,7 @@ fn main() -> ExitCode {
             background_rate: m.background_rate,
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
+            readahead: m.read_ahead,
             registry: m.registry,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
@@ -281,6 +339,18 @@ fn main() -> ExitCode {
             keep: d.keep,
             bandwidth_mbit: d.bandwidth,
             latency_ms: d.latency,
+        }),
+        Command::Bench(b) => lazypull::bench::networks(&b.network).and_then(|networks| {
+            lazypull::bench::run_bench(lazypull::bench::BenchArgs {
+                quick: b.quick,
+                images: b.images,
+                runs: b.runs.max(1),
+                networks,
+                work: b.work.unwrap_or_else(lazypull::bench::default_work_dir),
+                out: b.out,
+                background_fetch: b.background_fetch,
+                mount_args: b.mount_arg,
+            })
         }),
     };
     match result {

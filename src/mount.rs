@@ -11,10 +11,11 @@ use lazypull_converter::oci::{
 };
 use lazypull_converter::registry::RegistrySource;
 use lazypull_converter::{BlobRead, Digest, FileBlob};
+use lazypull_fuse::background::{BackgroundFetch, BackgroundOptions, LayerProgress};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
-use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
+use lazypull_fuse::fetch::{open_http_layout, split_url_tag, FetchOptions, HttpBlob, RangeFetcher};
 use lazypull_fuse::fs::AccessRecorder;
-use lazypull_fuse::layer::{open_layer, BackgroundFetch, LayerHints, OpenedLayer, SharedBlob};
+use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
 /// Arguments of `lazypull mount`.
@@ -40,6 +41,8 @@ pub struct MountArgs {
     pub fetch_timeout: Duration,
     /// Retries of a failed HTTP range read.
     pub fetch_retries: u32,
+    /// Bytes fetched after a small eStargz read that misses, for the reads that follow.
+    pub readahead: u64,
     /// How a registry SOURCE is reached.
     pub registry: crate::RegistryArgs,
 }
@@ -56,7 +59,9 @@ pub(crate) struct MountedImage {
     overlay: Option<PathBuf>,
     staging: PathBuf,
     /// The whole-layer fetches to run in the background, one per layer.
-    pub(crate) backgrounds: Vec<BackgroundFetch>,
+    pub(crate) backgrounds: Vec<(BackgroundFetch, Arc<LayerProgress>)>,
+    /// What each layer's prefetch and background fetch did, bottom layer first.
+    pub(crate) progress: Vec<Arc<LayerProgress>>,
 }
 
 /// Open every layer (prefetching its region), mount each, and stack them read-only at
@@ -79,12 +84,36 @@ pub(crate) fn mount_image(
         overlay: None,
         staging,
         backgrounds: Vec::new(),
+        progress: Vec::new(),
     };
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating {}", mountpoint.display()))?;
     let single = layers.len() == 1;
+    // Open and prefetch the layers at once: their metadata and prefetch regions are fetched
+    // in parallel, not one round trip after another.
+    let opened: Vec<Result<(OpenedLayer, Arc<LayerProgress>)>> = std::thread::scope(|s| {
+        let tasks: Vec<_> = layers
+            .into_iter()
+            .map(|l| {
+                s.spawn(move || {
+                    let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
+                    let progress = Arc::new(LayerProgress::new(&l.hints.name));
+                    prefetch(&opened, &progress);
+                    Ok((opened, progress))
+                })
+            })
+            .collect();
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| bail!("opening a layer panicked"))
+            })
+            .collect()
+    });
     let mut lower = Vec::new();
-    for (i, l) in layers.into_iter().enumerate() {
+    for (i, opened) in opened.into_iter().enumerate() {
+        let (opened, progress) = opened?;
         let dir = if single {
             mountpoint.to_path_buf()
         } else {
@@ -92,9 +121,11 @@ pub(crate) fn mount_image(
         };
         clear_stale_mount(&dir);
         std::fs::create_dir_all(&dir)?;
-        let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
-        prefetch(&opened, &l.hints.name);
-        image.backgrounds.extend(opened.background_fetch());
+        if let Some(fetch) = opened.background_fetch() {
+            progress.chunks.store(fetch.chunks, Ordering::Relaxed);
+            image.backgrounds.push((fetch, Arc::clone(&progress)));
+        }
+        image.progress.push(progress);
         image.handles.push(mount(opened.tree, &dir, opts)?);
         lower.push(dir.display().to_string());
     }
@@ -128,19 +159,18 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let fetcher = if args.source.starts_with("http://")
-        || args.source.starts_with("https://")
-        || is_registry_source(&args.source)
-    {
-        Some(RangeFetcher::new(FetchOptions {
-            timeout: args.fetch_timeout,
-            retries: args.fetch_retries,
-            accept_invalid_certs: args.registry.insecure,
-            ..FetchOptions::default()
-        })?)
-    } else {
-        None
-    };
+    let remote = ["http://", "https://", "oci:http://", "oci:https://"];
+    let fetcher =
+        if remote.iter().any(|p| args.source.starts_with(p)) || is_registry_source(&args.source) {
+            Some(RangeFetcher::new(FetchOptions {
+                timeout: args.fetch_timeout,
+                retries: args.fetch_retries,
+                accept_invalid_certs: args.registry.insecure,
+                ..FetchOptions::default()
+            })?)
+        } else {
+            None
+        };
     let layers = resolve_source(&args, trusted, fetcher.as_ref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Arc::new(
@@ -160,6 +190,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     }
     let mut image = mount_image(layers, &args.mountpoint, &cache, &opts)?;
     let backgrounds = std::mem::take(&mut image.backgrounds);
+    let progress = std::mem::take(&mut image.progress);
     eprintln!(
         "lazypull: serving {} at {} (Ctrl-C or `lazypull umount {}` to stop)",
         args.source,
@@ -169,25 +200,18 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = if args.background_fetch {
+        let bg = BackgroundOptions {
+            rate: args.background_rate,
+            ..BackgroundOptions::default()
+        };
         backgrounds
             .into_iter()
-            .map(|walk| {
-                let (stop, rate) = (Arc::clone(&stop), args.background_rate);
+            .map(|(fetch, progress)| {
+                let (stop, demand) = (Arc::clone(&stop), Arc::clone(&opts.demand));
                 std::thread::spawn(move || {
-                    let started = Instant::now();
-                    let mut sent = 0u64;
-                    let n = walk(&mut |bytes| {
-                        sent += bytes;
-                        // Pace to the rate; on-demand reads keep the rest of the link.
-                        if rate > 0 {
-                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                std::thread::sleep(wait.min(Duration::from_secs(1)));
-                            }
-                        }
-                        !stop.load(Ordering::Relaxed)
-                    });
-                    tracing::info!("background fetch visited {n} chunks");
+                    if fetch.run(bg, &demand, &stop, &progress) {
+                        tracing::info!(layer = progress.name, "background fetch done");
+                    }
                 })
             })
             .collect()
@@ -199,7 +223,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .context("installing the SIGUSR1 handler")?;
     let stats_file = cache_dir.join("stats.json");
     let report = |final_report: bool| -> String {
-        let json = stats_json(&args, &cache, fetcher.as_ref(), final_report);
+        let json = stats_json(&args, &cache, fetcher.as_ref(), &progress, final_report);
         // Written beside the cache, replaced atomically, for monitoring while mounted.
         let tmp = stats_file.with_extension("json.tmp");
         if std::fs::write(&tmp, &json)
@@ -246,9 +270,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 }
 
 /// Bring a layer's prefetch region in before serving it; a failure only costs the head start.
-fn prefetch(layer: &OpenedLayer, name: &str) {
+fn prefetch(layer: &OpenedLayer, progress: &LayerProgress) {
+    let name = &progress.name;
     match layer.prefetch() {
         Ok(s) if s.chunks > 0 => {
+            progress.prefetch_bytes.store(s.bytes, Ordering::Relaxed);
+            progress.prefetch_chunks.store(s.chunks, Ordering::Relaxed);
             eprintln!(
                 "lazypull: prefetched {} chunks ({} bytes, one request) of {name}",
                 s.chunks, s.bytes
@@ -259,11 +286,13 @@ fn prefetch(layer: &OpenedLayer, name: &str) {
     }
 }
 
-/// The statistics report: what was fetched, from where, and how the cache did.
+/// The statistics report: what was fetched, from where, how the cache did, and where each
+/// layer's prefetch and background fetch are.
 fn stats_json(
     args: &MountArgs,
     cache: &ChunkCache,
     fetcher: Option<&RangeFetcher>,
+    layers: &[Arc<LayerProgress>],
     unmounted: bool,
 ) -> String {
     let c = cache.stats();
@@ -281,10 +310,13 @@ fn stats_json(
         "cache": {
             "memoryHits": c.memory_hits, "diskHits": c.disk_hits, "misses": c.misses,
             "fetches": c.fetches, "fetchWaits": c.fetch_waits, "inserts": c.inserts,
-            "evictions": c.evictions, "verificationFailures": c.corrupt_dropped,
+            "evictions": c.evictions,
+            "verificationFailures": c.corrupt_dropped + c.fetched_mismatches,
+            "corruptDropped": c.corrupt_dropped, "fetchedMismatches": c.fetched_mismatches,
             "readErrors": c.read_errors, "writeErrors": c.write_errors,
             "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
         },
+        "layers": layers.iter().map(|l| l.to_json()).collect::<Vec<_>>(),
     })
     .to_string()
 }
@@ -316,8 +348,9 @@ fn is_registry_source(source: &str) -> bool {
         && matches!(source.parse::<ImageRef>(), Ok(ImageRef::Registry { .. }))
 }
 
-/// The layers SOURCE names: a blob file or URL, or an image in an OCI layout or a registry
-/// (one layer with `--layer`). Registry layers are read by range requests through `fetcher`.
+/// The layers SOURCE names: a blob file or URL, or the image of an OCI layout (local or on an
+/// HTTP server) or of a registry (one layer with `--layer`). Registry layers are read by range
+/// requests through `fetcher`, with the registry's authentication.
 fn resolve_source(
     args: &MountArgs,
     trusted: Option<Digest>,
@@ -335,21 +368,30 @@ fn resolve_source(
                 name: args.source.clone(),
                 trusted_digest: trusted,
                 insecure_skip_verify: args.insecure_skip_verify,
+                readahead: args.readahead,
                 ..LayerHints::default()
             },
         }]);
     }
-    let r: ImageRef = args.source.parse()?;
-    let (source, remote): (Arc<dyn ImageSource>, Option<Arc<RegistrySource>>) = match &r {
-        ImageRef::Registry { reference } => {
-            let s = Arc::new(RegistrySource::open(
-                &reference.parse()?,
-                &args.registry.options()?,
-            )?);
-            (s.clone(), Some(s))
-        }
-        _ => (Arc::from(oci::open_source(&r)?), None),
-    };
+    let (source, remote): (Arc<dyn ImageSource>, Option<Arc<RegistrySource>>) =
+        match (args.source.strip_prefix("oci:"), fetcher) {
+            // An image layout on a plain HTTP server.
+            (Some(rest), Some(fetcher)) if rest.starts_with("http") => {
+                let (url, tag) = split_url_tag(rest);
+                let layout = open_http_layout(fetcher, url, tag.map(String::from))?;
+                (Arc::new(layout), None)
+            }
+            _ => match args.source.parse::<ImageRef>()? {
+                ImageRef::Registry { reference } => {
+                    let s = Arc::new(RegistrySource::open(
+                        &reference.parse()?,
+                        &args.registry.options()?,
+                    )?);
+                    (s.clone(), Some(s))
+                }
+                r => (Arc::from(oci::open_source(&r)?), None),
+            },
+        };
     let root = source.root()?;
     let manifest = match ImageNode::read(source.as_ref(), &root)? {
         ImageNode::Manifest(m) => m,
@@ -399,6 +441,7 @@ fn resolve_source(
                 annotations: l.annotations.clone(),
                 trusted_digest: if wanted.is_some() { trusted } else { None },
                 insecure_skip_verify: args.insecure_skip_verify,
+                readahead: args.readahead,
             },
         });
     }

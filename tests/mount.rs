@@ -47,10 +47,6 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    fn start(source: &str, mountpoint: &Path, cache: &Path) -> Served {
-        Served::start_with(&[], source, mountpoint, cache)
-    }
-
     pub(crate) fn start_with(
         extra: &[&str],
         source: &str,
@@ -243,10 +239,15 @@ fn mount_image_matches_layers(format: &str) {
 
     let (want, explicit) = expected_tree(&image, &tmp.path().join("want"));
 
+    // The converted layout on a plain HTTP server, mounted from its URL.
+    let server = RangeServer::start_dir(tmp.path().to_path_buf(), Throttle::default()).unwrap();
     let cache = tmp.path().join("cache");
     let mnt = tmp.path().join("mnt");
-    let source = format!("oci:{}:t", out.display());
-    let served = Served::start(&source, &mnt, &cache);
+    let source = format!("oci:{}:t", server.url("out"));
+    // No background fetch: what the second mount finds cached is what the reads brought (a
+    // file hidden by a whiteout is never read, so it stays uncached).
+    let quiet = ["--no-background-fetch"];
+    let served = Served::start_with(&quiet, &source, &mnt, &cache);
     let got = without_dir_mtimes(snapshot(&mnt));
     let diff = compare(&want, &got, Some(&explicit));
     assert!(
@@ -260,10 +261,18 @@ fn mount_image_matches_layers(format: &str) {
     assert!(stats["cache"]["misses"].as_u64().unwrap() > 0, "{first}");
     assert_eq!(stats["unmounted"], true);
 
-    // The same image again, same cache: every chunk comes from the cache, none from the blob.
-    let served = Served::start(&source, &mnt, &cache);
+    let cold_bytes = server.body_bytes();
+
+    // The same image again, same cache: every chunk comes from the cache, none from the blob;
+    // only the image's JSON and the TOCs or chunk indexes cross the network again.
+    let served = Served::start_with(&quiet, &source, &mnt, &cache);
     assert_eq!(read_everything(&mnt), bytes);
     let second = served.stop();
+    let warm_bytes = server.body_bytes() - cold_bytes;
+    assert!(
+        warm_bytes * 5 < cold_bytes,
+        "{format}: the warm mount fetched {warm_bytes} bytes, the cold one {cold_bytes}"
+    );
     let stats = final_stats(&second);
     assert!(
         stats["cache"]["misses"] == 0 && stats["cache"]["fetches"] == 0,
@@ -316,10 +325,11 @@ fn a_bare_blob_needs_a_digest_or_insecure() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Over HTTP, reading one small file of a realistic layer fetches under 1% of the blob: the TOC
-/// and that file's chunk, nothing else. Its bytes equal the original file's.
-#[test]
-fn one_small_file_over_http_fetches_under_one_percent() {
+/// Over HTTP, reading one small file of a realistic layer fetches under 1% of the blob: the
+/// metadata (eStargz TOC; EROFS superblock, inodes and directories) and that file's chunk,
+/// nothing else. Its bytes equal the original file's. The blob is mounted bare, from its URL
+/// and the digest the conversion report gives, so this also finds the format from the blob.
+fn one_small_file_over_http(format: &str) {
     let support = fuse_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
@@ -333,6 +343,8 @@ fn one_small_file_over_http_fetches_under_one_percent() {
     let converted = lazypull(&[
         "convert".to_string(),
         "--json".into(),
+        "--format".into(),
+        format.into(),
         "--compression-level".into(),
         "1".into(),
         format!("oci:{}:t", src.display()),
@@ -345,27 +357,29 @@ fn one_small_file_over_http_fetches_under_one_percent() {
     );
     let report: serde_json::Value = serde_json::from_slice(&converted.stdout).unwrap();
     let layer = &report["manifests"][0]["layers"][0];
-    let digest = layer["digest"].as_str().unwrap();
-    let toc = layer["tocDigest"].as_str().unwrap();
-    let blob = out
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
+    let trusted = match format {
+        "erofs" => layer["chunkIndexDigest"].as_str(),
+        _ => layer["tocDigest"].as_str(),
+    }
+    .expect("the report gives the layer's trust anchor");
+    let blob = layer_blob(&out, layer);
     let blob_size = std::fs::metadata(&blob).unwrap().len();
 
     let server = RangeServer::start(HashMap::from([("blob".to_string(), blob.clone())])).unwrap();
     let mnt = tmp.path().join("mnt");
     let served = Served::start_with(
-        &["--no-background-fetch", "--toc-digest", toc],
+        &["--no-background-fetch", "--toc-digest", trusted],
         &server.url("blob"),
         &mnt,
         &tmp.path().join("cache"),
     );
-    // Metadata comes from the TOC alone: find a small regular file without reading any data.
+    // Find a small regular file from metadata only.
     let small = walkdir_files(&mnt)
         .into_iter()
         .find(|(_, len)| (100..=8192).contains(len))
         .expect("a small file in the realistic layer")
         .0;
+    let metadata = server.body_bytes();
     let data = std::fs::read(mnt.join(&small)).unwrap();
     let original = std::fs::read(Path::new("/").join(&small)).unwrap();
     assert_eq!(
@@ -374,10 +388,24 @@ fn one_small_file_over_http_fetches_under_one_percent() {
     );
     let fetched = server.body_bytes();
     served.stop();
+    eprintln!(
+        "{format}: {blob_size}-byte blob, metadata {metadata} bytes, `{small}` {} bytes",
+        fetched - metadata
+    );
     assert!(
         fetched * 100 < blob_size,
-        "reading `{small}` fetched {fetched} of {blob_size} bytes (≥ 1%)"
+        "{format}: mounting and reading `{small}` fetched {fetched} of {blob_size} bytes (≥ 1%)"
     );
+}
+
+#[test]
+fn one_small_estargz_file_over_http_fetches_under_one_percent() {
+    one_small_file_over_http("estargz");
+}
+
+#[test]
+fn one_small_erofs_file_over_http_fetches_under_one_percent() {
+    one_small_file_over_http("erofs");
 }
 
 /// Regular files under `root` with their sizes, from metadata only.
@@ -567,7 +595,19 @@ fn background_fetch_makes_the_layer_local() {
     drop(server);
     let bytes = read_everything(&mnt);
     assert!(bytes > 0);
-    served.stop();
+    // The stats report says so too: every chunk of the layer passed, the walk done.
+    let stats = final_stats(&served.stop());
+    let progress = &stats["layers"][0];
+    assert_eq!(progress["background"]["state"], "done", "{stats}");
+    assert!(progress["chunks"].as_u64().unwrap() > 1, "{stats}");
+    assert_eq!(
+        progress["background"]["chunks"], progress["chunks"],
+        "{stats}"
+    );
+    assert!(
+        progress["background"]["bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
 }
 
 /// A server that goes away mid-mount makes reads of chunks not yet local fail with EIO within
@@ -622,4 +662,112 @@ fn server_outage_gives_eio_then_recovers() {
 /// EIO, without a libc dependency in the tests.
 fn libc_eio() -> i32 {
     5
+}
+
+/// A slow fetch holds no FUSE thread: while more reads than the server has FUSE threads wait on
+/// a server turned slow, lookups, xattr listings and reads of cached chunks are answered, and
+/// the slow reads still complete with the right bytes.
+#[test]
+fn slow_fetches_do_not_block_metadata_or_cached_reads() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let (image, out, report) = convert_sample(tmp.path(), &[]);
+    let layer = &report["manifests"][0]["layers"][0];
+    let server = RangeServer::start(HashMap::from([(
+        "base".to_string(),
+        layer_blob(&out, layer),
+    )]))
+    .unwrap();
+    let mnt = tmp.path().join("mnt");
+    let served = Served::start_with(
+        &[
+            "--no-background-fetch",
+            "--fetch-timeout",
+            "60",
+            "--toc-digest",
+            layer["tocDigest"].as_str().unwrap(),
+        ],
+        &server.url("base"),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    // Distinct non-empty files: one read now (then local), eight left for the slow server.
+    let originals = sample_tars(&image);
+    let mut seen = BTreeSet::new();
+    let files: Vec<(String, Vec<u8>)> = walkdir_files(&mnt)
+        .into_iter()
+        .filter(|(_, len)| (1..=65536).contains(len))
+        .map(|(p, _)| {
+            let data = tar_file(&originals[0], &p);
+            (p, data)
+        })
+        // Hardlinks carry no data in the tar.
+        .filter(|(_, d)| !d.is_empty() && seen.insert(d.clone()))
+        .take(9)
+        .collect();
+    assert_eq!(files.len(), 9, "the base layer has 9 distinct small files");
+    let cached = mnt.join(&files[0].0);
+    assert_eq!(std::fs::read(&cached).unwrap(), files[0].1);
+
+    server.set_delay(Duration::from_secs(4));
+    let before = server.requests();
+    let slow: Vec<_> = files[1..]
+        .iter()
+        .map(|(p, want)| {
+            let (path, want) = (mnt.join(p), want.clone());
+            std::thread::spawn(move || {
+                let got = std::fs::read(&path);
+                (Instant::now(), got.map(|g| g == want))
+            })
+        })
+        .collect();
+    // Wait until the slow reads have reached the server (it counts a request on arrival).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.requests() < before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow reads never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Lookups of names never asked (the kernel has not cached them), xattr listings (never
+    // cached by the kernel), and a cached file whose pages are dropped: all reach the server.
+    for i in 0..20 {
+        assert!(!mnt.join(format!("missing-{i}")).exists());
+    }
+    xattr::list(&cached).unwrap().for_each(drop);
+    let dropped = Command::new("dd")
+        .arg(format!("if={}", cached.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    assert_eq!(std::fs::read(&cached).unwrap(), files[0].1);
+    let answered = Instant::now();
+    for t in slow {
+        let (done, result) = t.join().unwrap();
+        assert!(matches!(result, Ok(true)), "a slow read failed: {result:?}");
+        assert!(
+            done > answered,
+            "a slow read finished before the metadata and cached reads were answered: they \
+             waited for it"
+        );
+    }
+    served.stop();
+}
+
+/// The contents of regular file `path` in an uncompressed layer tar.
+fn tar_file(layer: &[u8], path: &str) -> Vec<u8> {
+    let mut archive = tar::Archive::new(layer);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name.trim_start_matches("./") == path.trim_start_matches("./") {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            return data;
+        }
+    }
+    panic!("{path} not in the layer tar");
 }

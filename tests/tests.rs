@@ -39,3 +39,7 @@ mod registry;
 
 /// The command line: help texts and `lazypull demo`.
 mod cli;
+
+/// `lazypull bench --quick`: every mode of the cold-start benchmark reaches ready, and the lazy
+/// modes fetch less than the full pull.
+mod bench;

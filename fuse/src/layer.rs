@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lazypull_converter::erofs::chunk_index::{
-    parse_range_annotation, read_embedded_index, ChunkStore, ChunkedImage,
+    find_trailing_index, parse_range_annotation, read_embedded_index, ChunkStore, ChunkedImage,
 };
 use lazypull_converter::erofs::format as erofs_format;
 use lazypull_converter::erofs::ErofsReader;
@@ -19,6 +19,7 @@ use lazypull_converter::estargz::format as estargz_format;
 use lazypull_converter::estargz::{ChunkRef, EstargzReader, FileEntry};
 use lazypull_converter::{BlobRead, Digest, Error, Result};
 
+use crate::background::{BackgroundFetch, WalkStep};
 use crate::cache::ChunkCache;
 use crate::fs::{ChunkSource, ErofsTree, EstargzTree, LayerTree};
 
@@ -38,6 +39,9 @@ pub struct LayerHints {
     pub trusted_digest: Option<Digest>,
     /// Serve without a trust anchor (chunks are still checked against the unverified TOC/index).
     pub insecure_skip_verify: bool,
+    /// Bytes to fetch after a small eStargz read that misses, kept for the reads that follow
+    /// (0: exactly what is asked).
+    pub readahead: u64,
 }
 
 /// The layer's format, as found.
@@ -59,10 +63,6 @@ pub struct OpenedLayer {
 }
 
 type Prefetcher = Box<dyn Fn() -> Result<PrefetchStats> + Send + Sync>;
-
-/// Walks every chunk of a layer through the cache; `pace(bytes)` is called after each chunk and
-/// returns `false` to stop. Returns the chunks visited.
-pub type BackgroundFetch = Arc<dyn Fn(&mut dyn FnMut(u64) -> bool) -> u64 + Send + Sync>;
 
 /// What [`OpenedLayer::prefetch`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,17 +92,28 @@ impl OpenedLayer {
 }
 
 /// A blob whose first bytes can be fetched at once and then served from memory: the prefetch
-/// region arrives in one request instead of one per chunk.
+/// region arrives in one request instead of one per chunk. With read-ahead, a small read that
+/// misses fetches the bytes after it too and keeps them for the reads that follow (neighbouring
+/// files in an eStargz blob are usually read together); every chunk taken from them is still
+/// verified by the reader before use.
 struct RegionBlob {
     inner: SharedBlob,
     region: std::sync::RwLock<Option<Arc<Vec<u8>>>>,
+    readahead: u64,
+    /// Recently fetched windows `(start, bytes)`, newest last.
+    windows: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<Vec<u8>>)>>,
 }
 
+/// Read-ahead windows kept per layer.
+const READAHEAD_WINDOWS: usize = 16;
+
 impl RegionBlob {
-    fn new(inner: SharedBlob) -> Self {
+    fn new(inner: SharedBlob, readahead: u64) -> Self {
         RegionBlob {
             inner,
             region: std::sync::RwLock::new(None),
+            readahead,
+            windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -117,6 +128,19 @@ impl RegionBlob {
     /// Drop the region: what was needed from it is in the cache now.
     fn release(&self) {
         *self.region.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Copy `[off, off + buf.len())` out of a kept window, if one holds it all.
+    fn copy_from_window(&self, off: u64, buf: &mut [u8]) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for (start, data) in windows.iter().rev() {
+            if off >= *start && off + buf.len() as u64 <= start + data.as_slice().len() as u64 {
+                let from = (off - start) as usize;
+                buf.copy_from_slice(&data[from..from + buf.len()]);
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -138,7 +162,22 @@ impl BlobRead for RegionBlob {
                 return Ok(());
             }
         }
-        self.inner.read_at(off, buf)
+        let len = buf.len() as u64;
+        if self.readahead == 0 || len >= self.readahead || off >= self.inner.len() {
+            return self.inner.read_at(off, buf);
+        }
+        if self.copy_from_window(off, buf) {
+            return Ok(());
+        }
+        let end = (off + len + self.readahead).min(self.inner.len());
+        let data = self.inner.read_vec(off, end - off)?;
+        buf.copy_from_slice(&data[..buf.len()]);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() == READAHEAD_WINDOWS {
+            windows.pop_front();
+        }
+        windows.push_back((off, Arc::new(data)));
+        Ok(())
     }
 }
 
@@ -160,11 +199,36 @@ pub fn open_layer(
         .media_type
         .as_deref()
         .is_some_and(|m| m.starts_with(erofs_format::MEDIA_TYPE_EROFS));
+    let name = || format!("layer {}", hints.name);
     if erofs_range.is_some() || is_erofs_type {
-        return open_erofs(blob, hints, erofs_range.map(String::as_str), cache)
-            .map_err(|e| e.context(format!("layer {}", hints.name)));
+        let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
+        let range = erofs_range
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no {} annotation: the chunk index cannot be found",
+                    erofs_format::ANNOTATION_CHUNK_INDEX_RANGE
+                ))
+            })
+            .and_then(|r| parse_range_annotation(r))
+            .map_err(|e| e.context(name()))?;
+        return open_erofs(blob, hints, range, zstd, cache).map_err(|e| e.context(name()));
     }
-    open_estargz(blob, hints, cache).map_err(|e| e.context(format!("layer {}", hints.name)))
+    if hints.media_type.is_some() {
+        return open_estargz(blob, hints, cache).map_err(|e| e.context(name()));
+    }
+    // A bare blob (a file or URL): eStargz if its footer says so, else an EROFS blob if a chunk
+    // index ends it; when neither, the eStargz error says why. An eStargz blob that fails its
+    // digest is not looked at again.
+    open_estargz(Arc::clone(&blob), hints, cache.clone()).or_else(|estargz_err| {
+        if matches!(estargz_err.root(), Error::DigestMismatch { .. }) {
+            return Err(estargz_err.context(name()));
+        }
+        match find_trailing_index(&blob) {
+            Ok(Some(found)) => open_erofs(blob, hints, (found.start, None), found.zstd, cache),
+            _ => Err(estargz_err),
+        }
+        .map_err(|e| e.context(name()))
+    })
 }
 
 fn open_estargz(
@@ -186,7 +250,7 @@ fn open_estargz(
                 .into(),
         ));
     }
-    let region = Arc::new(RegionBlob::new(blob));
+    let region = Arc::new(RegionBlob::new(blob, hints.readahead));
     let reader = Arc::new(EstargzReader::open(
         Arc::clone(&region) as SharedBlob,
         anchor.as_ref(),
@@ -201,21 +265,30 @@ fn open_estargz(
                 cache,
             });
             let all = Arc::clone(&chunks);
-            background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
-                let mut n = 0;
+            let (count, bytes) = reader
+                .entries()
+                .iter()
+                .flat_map(|e| &e.chunks)
+                .fold((0u64, 0u64), |(n, b), c| {
+                    (n + 1, b + c.blob_end.saturating_sub(c.blob_offset))
+                });
+            let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
                 for e in all.reader.entries() {
                     for c in &e.chunks {
-                        if let Err(err) = all.chunk(e, c) {
-                            tracing::warn!("background fetch of `{}`: {err}", e.name);
+                        let cached = c.digest.is_some_and(|d| all.cache.contains(&d));
+                        let bytes = c.blob_end.saturating_sub(c.blob_offset);
+                        if !step(WalkStep { bytes, cached }) {
+                            return;
                         }
-                        n += 1;
-                        if !pace(c.blob_end.saturating_sub(c.blob_offset)) {
-                            return n;
+                        if !cached {
+                            if let Err(err) = all.chunk(e, c) {
+                                tracing::warn!("background fetch of `{}`: {err}", e.name);
+                            }
                         }
                     }
                 }
-                n
-            }));
+            };
+            background = Some(BackgroundFetch::new(count, bytes, Arc::new(walk)));
             if let Some(end) = prefetch_end {
                 let (chunks, region) = (Arc::clone(&chunks), Arc::clone(&region));
                 prefetcher = Some(Box::new(move || {
@@ -251,16 +324,10 @@ fn open_estargz(
 fn open_erofs(
     blob: SharedBlob,
     hints: &LayerHints,
-    range: Option<&str>,
+    range: (u64, Option<u64>),
+    zstd: bool,
     cache: Option<Arc<ChunkCache>>,
 ) -> Result<OpenedLayer> {
-    let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
-    let range = range.ok_or_else(|| {
-        Error::Invalid(format!(
-            "no {} annotation: the chunk index cannot be found",
-            erofs_format::ANNOTATION_CHUNK_INDEX_RANGE
-        ))
-    })?;
     let annotated = hints
         .annotations
         .get(erofs_format::ANNOTATION_CHUNK_INDEX_DIGEST)
@@ -275,19 +342,20 @@ fn open_erofs(
                 .into(),
         ));
     }
-    let (index, start) =
-        read_embedded_index(&blob, zstd, parse_range_annotation(range)?, anchor.as_ref())?;
+    let (index, start) = read_embedded_index(&blob, zstd, range, anchor.as_ref())?;
     let prefetch_end = hints
         .annotations
         .get(erofs_format::ANNOTATION_LAZYPULL_PREFETCH_RANGE)
         .and_then(|r| r.split_once(':'))
         .and_then(|(_, end)| end.parse::<u64>().ok());
-    let region = Arc::new(RegionBlob::new(blob));
+    // EROFS chunks are whole frames (1 MiB by default): reading ahead would only fetch part
+    // of the next one.
+    let region = Arc::new(RegionBlob::new(blob, 0));
     let mut prefetcher: Option<Prefetcher> = None;
     let mut background: Option<BackgroundFetch> = None;
     let mut image = ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start);
     if let Some(cache) = cache {
-        let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(cache));
+        let store: Arc<dyn ChunkStore> = Arc::new(CacheStore(Arc::clone(&cache)));
         image = image.with_store(Arc::clone(&store));
         let (all, idx, st) = (
             ChunkedImage::new(Arc::clone(&region) as SharedBlob, index.clone(), start)
@@ -295,21 +363,33 @@ fn open_erofs(
             index.clone(),
             start,
         );
-        background = Some(Arc::new(move |pace: &mut dyn FnMut(u64) -> bool| {
+        let n = idx.entries().len();
+        let bytes = (0..n)
+            .map(|i| {
+                let stored = idx.chunk_ranges(i, st).0;
+                stored.end - stored.start
+            })
+            .sum();
+        let walk = move |step: &mut dyn FnMut(WalkStep) -> bool| {
             let mut buf = Vec::new();
-            let n = idx.entries().len();
-            for i in 0..n {
+            for (i, entry) in idx.entries().iter().enumerate() {
                 let (stored, r) = idx.chunk_ranges(i, st);
-                buf.resize((r.end - r.start) as usize, 0);
-                if let Err(err) = all.read_at(r.start, &mut buf) {
-                    tracing::warn!("background fetch of image chunk {i}: {err}");
+                let cached = entry
+                    .checksum
+                    .is_some_and(|c| cache.contains(&Digest::from_bytes(c)));
+                let bytes = stored.end - stored.start;
+                if !step(WalkStep { bytes, cached }) {
+                    return;
                 }
-                if !pace(stored.end - stored.start) {
-                    return i as u64 + 1;
+                if !cached {
+                    buf.resize((r.end - r.start) as usize, 0);
+                    if let Err(err) = all.read_at(r.start, &mut buf) {
+                        tracing::warn!("background fetch of image chunk {i}: {err}");
+                    }
                 }
             }
-            n as u64
-        }));
+        };
+        background = Some(BackgroundFetch::new(n as u64, bytes, Arc::new(walk)));
         if let Some(end) = prefetch_end.filter(|&e| e > 0) {
             let region = Arc::clone(&region);
             prefetcher = Some(Box::new(move || {
@@ -376,5 +456,48 @@ impl ChunkStore for CacheStore {
         fetch: &mut dyn FnMut() -> Result<Vec<u8>>,
     ) -> Result<Arc<[u8]>> {
         self.0.get_or_fetch(digest, fetch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A blob counting the reads that reach it.
+    struct Counted(Vec<u8>, AtomicUsize);
+
+    impl BlobRead for Counted {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.as_slice().read_at(off, buf)
+        }
+    }
+
+    #[test]
+    fn read_ahead_serves_following_reads_from_one_fetch() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let inner = Arc::new(Counted(data.clone(), AtomicUsize::new(0)));
+        let blob = RegionBlob::new(Arc::clone(&inner) as SharedBlob, 100);
+        let read = |off: u64, len: usize| blob.read_vec(off, len as u64).unwrap();
+        assert_eq!(read(0, 10), &data[0..10]);
+        assert_eq!(read(50, 20), &data[50..70]);
+        assert_eq!(read(100, 10), &data[100..110]);
+        assert_eq!(inner.1.load(Ordering::Relaxed), 1, "one fetch for [0, 110)");
+        // Past the window, and a read as large as the read-ahead: fetched as asked.
+        assert_eq!(read(500, 10), &data[500..510]);
+        assert_eq!(read(0, 100), &data[0..100]);
+        assert_eq!(inner.1.load(Ordering::Relaxed), 3);
+        // The end of the blob clamps the window.
+        assert_eq!(read(990, 10), &data[990..1000]);
+        // Without read-ahead every read goes through.
+        let plain = RegionBlob::new(Arc::clone(&inner) as SharedBlob, 0);
+        let before = inner.1.load(Ordering::Relaxed);
+        plain.read_vec(0, 10).unwrap();
+        plain.read_vec(0, 10).unwrap();
+        assert_eq!(inner.1.load(Ordering::Relaxed), before + 2);
     }
 }

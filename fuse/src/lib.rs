@@ -21,7 +21,9 @@
 //! # }
 //! ```
 
+pub mod background;
 pub mod cache;
+pub mod demand;
 pub mod fetch;
 pub mod fs;
 pub mod layer;

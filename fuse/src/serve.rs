@@ -19,6 +19,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Body bytes sent.
     pub body_bytes: AtomicU64,
+    /// When each request arrived, in order.
+    pub arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
 }
 
 /// A link to simulate: responses are delayed by `latency` and paced to `bandwidth`.
@@ -30,10 +32,57 @@ pub struct Throttle {
     pub latency: Duration,
 }
 
+/// What a server serves: named files held in memory, or a directory tree read on demand.
+enum Files {
+    Memory(HashMap<String, Arc<Vec<u8>>>),
+    Dir(PathBuf),
+}
+
+impl Files {
+    /// The size of the file at URL path `path` (without the leading `/`), if there is one.
+    fn size(&self, path: &str) -> Option<u64> {
+        match self {
+            Files::Memory(m) => m.get(path).map(|d| d.len() as u64),
+            Files::Dir(root) => {
+                let meta = std::fs::metadata(dir_path(root, path)?).ok()?;
+                meta.is_file().then_some(meta.len())
+            }
+        }
+    }
+
+    /// Bytes `[start, end)` of the file at `path`.
+    fn read(&self, path: &str, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        let missing = || io::Error::from(io::ErrorKind::NotFound);
+        match self {
+            Files::Memory(m) => {
+                let d = m.get(path).ok_or_else(missing)?;
+                Ok(d[start as usize..end as usize].to_vec())
+            }
+            Files::Dir(root) => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(dir_path(root, path).ok_or_else(missing)?)?;
+                let mut buf = vec![0; (end - start) as usize];
+                f.read_exact_at(&mut buf, start)?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// `path` under `root`, refusing anything that could leave it.
+fn dir_path(root: &std::path::Path, path: &str) -> Option<PathBuf> {
+    let ok = path
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'));
+    ok.then(|| root.join(path))
+}
+
 /// A running server: `url(name)` of each file it serves.
 pub struct RangeServer {
     port: u16,
     pub counters: Arc<Counters>,
+    /// Milliseconds added before every response from now on (a server turning slow).
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -55,19 +104,35 @@ impl RangeServer {
             .into_iter()
             .map(|(k, p)| Ok((k, Arc::new(std::fs::read(p)?))))
             .collect::<io::Result<HashMap<String, Arc<Vec<u8>>>>>()?;
+        RangeServer::start_files(port, Files::Memory(files), throttle)
+    }
+
+    /// Serve every file under directory `root` by its relative path (an OCI image layout,
+    /// say), read from disk on each request.
+    pub fn start_dir(root: PathBuf, throttle: Throttle) -> io::Result<RangeServer> {
+        RangeServer::start_files(0, Files::Dir(root), throttle)
+    }
+
+    fn start_files(port: u16, files: Files, throttle: Throttle) -> io::Result<RangeServer> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (Arc::clone(&counters), Arc::clone(&stop));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (c, s, d) = (
+            Arc::clone(&counters),
+            Arc::clone(&stop),
+            Arc::clone(&delay_ms),
+        );
         let files = Arc::new(files);
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let (c, f, s) = (Arc::clone(&c), Arc::clone(&files), Arc::clone(&s));
-                        std::thread::spawn(move || serve(conn, &f, &c, &s, throttle));
+                        let d = Arc::clone(&d);
+                        std::thread::spawn(move || serve(conn, &f, &c, &s, &d, throttle));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -76,6 +141,7 @@ impl RangeServer {
         Ok(RangeServer {
             port,
             counters,
+            delay_ms,
             stop,
             thread: Some(thread),
         })
@@ -96,6 +162,21 @@ impl RangeServer {
         self.counters.body_bytes.load(Ordering::Relaxed)
     }
 
+    /// Delay every response from now on by `delay` more (on top of the throttle's latency).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When each request so far arrived.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.counters
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.counters.requests.load(Ordering::Relaxed)
@@ -113,9 +194,10 @@ impl Drop for RangeServer {
 
 fn serve(
     conn: TcpStream,
-    files: &HashMap<String, Arc<Vec<u8>>>,
+    files: &Files,
     c: &Counters,
     stop: &AtomicBool,
+    delay_ms: &AtomicU64,
     throttle: Throttle,
 ) {
     if conn
@@ -167,11 +249,14 @@ fn serve(
             }
         }
         c.requests.fetch_add(1, Ordering::Relaxed);
-        let Some(data) = files.get(path.trim_start_matches('/')) else {
+        if let Ok(mut a) = c.arrivals.lock() {
+            a.push(std::time::Instant::now());
+        }
+        let path = path.trim_start_matches('/');
+        let Some(size) = files.size(path) else {
             let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
-        let size = data.len() as u64;
         let (status, start, end) = match range {
             Some((Some(a), b)) if a < size => {
                 let e = b.map_or(size - 1, |b| b.min(size - 1));
@@ -199,10 +284,14 @@ fn serve(
         resp.push_str("\r\n");
         let mut bytes = resp.into_bytes();
         if method != "HEAD" {
-            bytes.extend_from_slice(&data[start as usize..end as usize]);
+            match files.read(path, start, end) {
+                Ok(body) => bytes.extend_from_slice(&body),
+                Err(_) => return,
+            }
             c.body_bytes.fetch_add(end - start, Ordering::Relaxed);
         }
         std::thread::sleep(throttle.latency);
+        std::thread::sleep(Duration::from_millis(delay_ms.load(Ordering::Relaxed)));
         if throttle.bandwidth > 0 {
             std::thread::sleep(Duration::from_secs_f64(
                 bytes.len() as f64 / throttle.bandwidth as f64,

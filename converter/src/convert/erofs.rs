@@ -98,6 +98,7 @@ pub fn convert_erofs_layer(
         source_size: desc.size,
         diff_id,
         toc_digest: None,
+        chunk_index_digest: Some(wrapped.index_digest),
         uncompressed_size: wrapped.uncompressed_size,
         entries: built.inodes as usize,
         chunks: wrapped.chunks,
@@ -131,6 +132,10 @@ pub fn keep_erofs_layer(
         source_size: desc.size,
         diff_id,
         toc_digest: None,
+        chunk_index_digest: desc
+            .annotations
+            .get(crate::erofs::format::ANNOTATION_CHUNK_INDEX_DIGEST)
+            .and_then(|d| d.parse().ok()),
         uncompressed_size: 0,
         entries: 0,
         chunks: 0,

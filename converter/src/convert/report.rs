@@ -51,6 +51,9 @@ pub struct LayerReport {
     pub diff_id: Digest,
     /// Digest of the TOC JSON (eStargz and zstd:chunked); none for EROFS.
     pub toc_digest: Option<Digest>,
+    /// Digest of the chunk index payload (EROFS): what `lazypull mount --toc-digest` checks a
+    /// bare EROFS blob against.
+    pub chunk_index_digest: Option<Digest>,
     pub uncompressed_size: u64,
     pub entries: usize,
     pub chunks: usize,

@@ -11,17 +11,18 @@ use super::image::Index;
 use super::source::{check_size, ImageSource};
 use super::ANNOTATION_REF_NAME;
 
-/// Files of a layout by relative path (`index.json`, `blobs/sha256/<hex>`): a directory, or the
-/// members of an indexed tar.
-pub(crate) trait LayoutFiles: Send + Sync {
-    /// The file at `path`, or `None` if there is none.
-    fn open(&self, path: &str) -> Result<Option<Box<dyn BlobRead>>>;
+/// Files of a layout by relative path (`index.json`, `blobs/sha256/<hex>`): a directory, the
+/// members of an indexed tar, or a layout served over HTTP (in the lazy filesystem's crate).
+pub trait LayoutFiles: Send + Sync {
+    /// The file at `path`, or `None` if there is none. `size`, when known (a blob's
+    /// descriptor), lets a remote implementation skip asking for it; the caller still checks it.
+    fn open(&self, path: &str, size: Option<u64>) -> Result<Option<Box<dyn BlobRead>>>;
 }
 
 struct DirFiles(PathBuf);
 
 impl LayoutFiles for DirFiles {
-    fn open(&self, path: &str) -> Result<Option<Box<dyn BlobRead>>> {
+    fn open(&self, path: &str, _size: Option<u64>) -> Result<Option<Box<dyn BlobRead>>> {
         let full = self.0.join(path);
         match std::fs::metadata(&full) {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -56,12 +57,8 @@ impl LayoutSource {
         LayoutSource::new(Box::new(DirFiles(dir.to_path_buf())), name, tag)
     }
 
-    /// A layout over `files`, checking its `oci-layout` marker.
-    pub(crate) fn new(
-        files: Box<dyn LayoutFiles>,
-        name: String,
-        tag: Option<String>,
-    ) -> Result<Self> {
+    /// A layout over `files`, checking its `oci-layout` marker; `name` is for messages.
+    pub fn new(files: Box<dyn LayoutFiles>, name: String, tag: Option<String>) -> Result<Self> {
         let src = LayoutSource { files, name, tag };
         let marker = src.small_file("oci-layout")?.ok_or_else(|| {
             Error::format(format!(
@@ -81,7 +78,7 @@ impl LayoutSource {
     }
 
     fn small_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(blob) = self.files.open(path).context(&self.name)? else {
+        let Some(blob) = self.files.open(path, None).context(&self.name)? else {
             return Ok(None);
         };
         if blob.len() > super::MAX_JSON_BLOB {
@@ -165,9 +162,12 @@ impl ImageSource for LayoutSource {
     }
 
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>> {
-        let blob = self.files.open(&blob_path(desc))?.ok_or_else(|| {
-            Error::format(format!("{}: blob {} is missing", self.name, desc.digest))
-        })?;
+        let blob = self
+            .files
+            .open(&blob_path(desc), Some(desc.size))?
+            .ok_or_else(|| {
+                Error::format(format!("{}: blob {} is missing", self.name, desc.digest))
+            })?;
         check_size(blob.as_ref(), desc, &self.name)?;
         Ok(blob)
     }

@@ -42,7 +42,7 @@ pub use descriptor::{Descriptor, Platform};
 #[cfg(feature = "write")]
 pub use dest::{BlobWriter, LayoutDest, WrittenBlob};
 pub use image::{ImageNode, Index, Manifest, PlatformFilter};
-pub use layout::LayoutSource;
+pub use layout::{LayoutFiles, LayoutSource};
 #[cfg(feature = "registry")]
 pub(crate) use reference::is_tag;
 pub use reference::{ArchiveSelector, ImageRef};

@@ -83,7 +83,7 @@ impl TarIndex {
 }
 
 impl LayoutFiles for TarIndex {
-    fn open(&self, path: &str) -> Result<Option<Box<dyn BlobRead>>> {
+    fn open(&self, path: &str, _size: Option<u64>) -> Result<Option<Box<dyn BlobRead>>> {
         Ok(self.member(path)?.map(|b| Box::new(b) as Box<dyn BlobRead>))
     }
 }

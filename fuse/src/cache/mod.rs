@@ -87,6 +87,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Chunk files deleted because their content did not match their digest.
     pub corrupt_dropped: u64,
+    /// Fetches by `get_or_fetch` whose bytes did not match their digest (nothing was cached).
+    pub fetched_mismatches: u64,
     /// Disk reads that failed with an I/O error (served as misses, file left alone).
     pub read_errors: u64,
     /// Writes to disk that failed inside `get_or_fetch` (the fetched data was still returned).
@@ -115,6 +117,7 @@ struct Counters {
     inserts: AtomicU64,
     evictions: AtomicU64,
     corrupt_dropped: AtomicU64,
+    fetched_mismatches: AtomicU64,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     fetches: AtomicU64,
@@ -255,6 +258,7 @@ impl ChunkCache {
             inserts: load(&c.inserts),
             evictions: load(&c.evictions),
             corrupt_dropped: load(&c.corrupt_dropped),
+            fetched_mismatches: load(&c.fetched_mismatches),
             read_errors: load(&c.read_errors),
             write_errors: load(&c.write_errors),
             fetches: load(&c.fetches),
@@ -289,6 +293,12 @@ impl ChunkCache {
         digest: &Digest,
         fetch: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<Arc<[u8]>> {
+        if !crate::demand::network_allowed() {
+            // Only a look: the caller retries with the network allowed, and counts the miss then.
+            return self
+                .lookup(digest, false)
+                .ok_or_else(|| crate::demand::would_block(format!("chunk {digest}")));
+        }
         if let Some(data) = self.get(digest) {
             return Ok(data);
         }
@@ -316,6 +326,12 @@ impl ChunkCache {
                 }
                 Ok(data)
             });
+        if outcome
+            .as_ref()
+            .is_err_and(|e| matches!(e.root(), Error::DigestMismatch { .. }))
+        {
+            bump(&self.counters.fetched_mismatches, 1);
+        }
         leader.finish(outcome)
     }
 }

@@ -9,7 +9,7 @@ use reqwest::{StatusCode, Url};
 use super::error::{FetchError, FetchErrorKind, RequestDesc};
 use super::fetcher::RangeFetcher;
 use super::range::{coalesce, Span};
-use super::request::{get_span, head_size, probe_size, with_retries, Remote};
+use super::request::{get_span, get_whole, head_size, probe_size, with_retries, Remote};
 
 /// A remote blob of known size, read by `GET` with `Range: bytes=first-last`.
 ///
@@ -76,6 +76,19 @@ impl HttpBlob {
             remote: Arc::new(Remote::new(parse_url(url)?, Some(auth))),
             size,
         })
+    }
+
+    /// A whole small file (an image index, a manifest) by one plain `GET`, at most `max` bytes.
+    pub fn fetch_whole(fetcher: &RangeFetcher, url: &str, max: u64) -> Result<Vec<u8>> {
+        let remote = Remote::new(parse_url(url)?, None);
+        let net = fetcher.net();
+        let desc = || RequestDesc::new("GET", &remote.url, None);
+        fetcher.block_on(
+            desc,
+            with_retries(net, &remote, desc, |start, cached| {
+                get_whole(net, &remote, start, cached, max)
+            }),
+        )
     }
 
     /// The URL the blob was opened with.

@@ -104,12 +104,16 @@ impl RangeFetcher {
     }
 
     /// Runs `fut` to completion on the calling thread. Blocking inside a runtime would panic
-    /// (or deadlock a worker), so that is an error instead.
+    /// (or deadlock a worker), so that is an error instead; so is any request on a thread that
+    /// forbade the network ([`crate::demand::local_only`]).
     pub(crate) fn block_on<T>(
         &self,
         request: impl FnOnce() -> RequestDesc,
         fut: impl Future<Output = std::result::Result<T, FetchError>>,
     ) -> Result<T> {
+        if !crate::demand::network_allowed() {
+            return Err(crate::demand::would_block(request()));
+        }
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(FetchError::new(request(), FetchErrorKind::InsideRuntime).into());
         }

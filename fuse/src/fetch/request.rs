@@ -441,6 +441,46 @@ async fn read_body(
     }
 }
 
+/// One attempt at a whole small file by a plain `GET`, refusing more than `max` bytes.
+pub(crate) async fn get_whole(
+    net: &Net,
+    remote: &Remote,
+    start: Url,
+    cached: bool,
+    max: u64,
+) -> Result<Vec<u8>, Failure> {
+    let (mut response, last_url) = send(net, remote, Method::GET, start, None).await?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(classify(status, response.headers(), cached));
+    }
+    let len = content_length(response.headers());
+    if len.is_some_and(|n| n > max) {
+        return Err(Failure::Fatal(FetchErrorKind::NoSize(format!(
+            "{} bytes, more than the {max} accepted",
+            len.unwrap_or(0)
+        ))));
+    }
+    remote.remember(&last_url);
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        Counters::add(&net.counters.bytes, chunk.len() as u64);
+        if out.len() as u64 + chunk.len() as u64 > max {
+            return Err(Failure::Fatal(FetchErrorKind::NoSize(format!(
+                "more than the {max} bytes accepted"
+            ))));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    if len.is_some_and(|n| n != out.len() as u64) {
+        return Err(transient(Transient::BodyLength {
+            got: out.len() as u64,
+            expected: len.unwrap_or(0),
+        }));
+    }
+    Ok(out)
+}
+
 /// One attempt at the size by `HEAD`: `None` when the answer has no Content-Length.
 pub(crate) async fn head_size(
     net: &Net,

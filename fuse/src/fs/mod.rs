@@ -11,13 +11,15 @@
 //! (`FOPEN_CACHE_DIR`) and symlinks. Errors become an errno in exactly one place, [`errno`];
 //! data that fails verification is `EIO`, and is logged naming the layer, inode and offset.
 //!
-//! Reads are answered synchronously on the FUSE thread that received them; several threads
-//! (one `/dev/fuse` clone each) keep a slow read from blocking metadata. Replying from other
-//! threads comes with the fetcher, which will own the waiting.
+//! Requests are answered asynchronously: a FUSE thread (one `/dev/fuse` clone each) first tries
+//! a request with the network forbidden ([`crate::demand::local_only`]), so metadata and cached
+//! data are answered at once; a request that needs a fetch goes to a pool of reader threads,
+//! which reply when the fetch is done. A slow fetch never holds a FUSE thread.
 
 mod erofs;
 mod estargz;
 mod mount;
+mod pool;
 mod record;
 mod tree;
 
@@ -38,6 +40,9 @@ use fuser::{
     Request,
 };
 use lazypull_converter::Error;
+
+use crate::demand::{self, Demand};
+use pool::Pool;
 
 pub use erofs::ErofsTree;
 pub use estargz::{ChunkSource, EstargzTree, ReaderChunks};
@@ -69,6 +74,13 @@ pub fn errno(err: &FsError) -> Errno {
 
 /// A [`LayerTree`] served through FUSE. Mount it with [`mount`].
 pub struct LayerFs<T: LayerTree> {
+    core: Arc<Core<T>>,
+    /// Threads answering the requests that need the network.
+    readers: Pool,
+}
+
+/// What every thread serving a layer shares.
+struct Core<T: LayerTree> {
     tree: T,
     ttl: Duration,
     /// Where first reads are recorded (`--record`), and the paths needed to name them.
@@ -77,35 +89,77 @@ pub struct LayerFs<T: LayerTree> {
     /// reads it once.
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     next_handle: AtomicU64,
+    /// Requests waiting on the network, which background fetches give way to.
+    demand: Arc<Demand>,
 }
 
-impl<T: LayerTree> LayerFs<T> {
+impl<T: LayerTree + 'static> LayerFs<T> {
     /// Serve `tree`, letting the kernel cache entries and attributes for `ttl`.
     pub fn new(tree: T, ttl: Duration) -> Self {
+        Self::with_readers(tree, ttl, MountOptions::default().readers, Arc::default())
+    }
+
+    /// Serve `tree` with `readers` threads for requests that wait on the network, counting
+    /// them in `demand`.
+    pub fn with_readers(tree: T, ttl: Duration, readers: usize, demand: Arc<Demand>) -> Self {
+        let readers = Pool::new(readers, "lazypull-read");
         LayerFs {
-            tree,
-            ttl,
-            recorder: None,
-            dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            core: Arc::new(Core {
+                tree,
+                ttl,
+                recorder: None,
+                dirs: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                demand,
+            }),
+            readers,
         }
     }
 
     /// Record the path of every file on its first read.
     pub fn with_recorder(mut self, recorder: Arc<AccessRecorder>) -> Self {
-        self.recorder = Some((recorder, PathsSeen::default()));
-        self
-    }
-
-    fn reached(&self, parent: Ino, name: &[u8], child: Ino) {
-        if let Some((_, seen)) = &self.recorder {
-            seen.reached(parent, name, child);
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.recorder = Some((recorder, PathsSeen::default()));
         }
+        self
     }
 
     /// The tree served.
     pub fn tree(&self) -> &T {
-        &self.tree
+        &self.core.tree
+    }
+
+    /// Answer one request: `work` runs here with the network forbidden; if it needs the
+    /// network, it runs again on a reader thread, so a slow fetch never holds a FUSE thread.
+    /// `respond` sends the outcome to the kernel.
+    fn answer<V, R>(
+        &self,
+        reply: R,
+        work: impl Fn(&Core<T>) -> FsResult<V> + Send + 'static,
+        respond: impl FnOnce(&Core<T>, R, FsResult<V>) + Send + 'static,
+    ) where
+        R: Send + 'static,
+    {
+        match demand::local_only(|| work(&self.core)) {
+            Err(e) if e.needs_network() => {
+                let core = Arc::clone(&self.core);
+                self.readers.run(move || {
+                    let waiting = core.demand.enter();
+                    let outcome = work(&core);
+                    drop(waiting);
+                    respond(&core, reply, outcome);
+                });
+            }
+            outcome => respond(&self.core, reply, outcome),
+        }
+    }
+}
+
+impl<T: LayerTree> Core<T> {
+    fn reached(&self, parent: Ino, name: &[u8], child: Ino) {
+        if let Some((_, seen)) = &self.recorder {
+            seen.reached(parent, name, child);
+        }
     }
 
     /// The errno for a failed `op`, logging layer failures (which the caller sees only as EIO).
@@ -135,6 +189,39 @@ impl<T: LayerTree> LayerFs<T> {
             // Not opened through us (should not happen): list afresh.
             None => self.tree.readdir(ino).map(Arc::from),
         }
+    }
+
+    /// Add the entries of `list` from `offset` with their attributes to `reply`, until it is
+    /// full. Where an entry's attributes need the network, stop there: a short listing is fine
+    /// (the kernel asks again from the next offset) unless it is empty, which is the error.
+    fn fill_plus(
+        &self,
+        dir: Ino,
+        list: &[DirEntry],
+        offset: u64,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> FsResult<()> {
+        for (n, d) in list.iter().enumerate().skip(offset as usize) {
+            let attr = match self.file_attr(d.ino) {
+                Ok(a) => a,
+                Err(e) if e.needs_network() && n > offset as usize => return Ok(()),
+                // A failing entry's error names its inode.
+                Err(e) => return Err(e),
+            };
+            self.reached(dir, &d.name, d.ino);
+            let name = OsStr::from_bytes(&d.name);
+            if reply.add(
+                INodeNo(d.ino.0),
+                n as u64 + 1,
+                name,
+                &self.ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<[DirEntry]>>> {
@@ -229,48 +316,70 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
             }
         }
+        // Reads waiting on the network are answered by reader threads: let the kernel keep
+        // more of them in flight than the default of 16.
+        if let Err(max) = config.set_max_background(64) {
+            tracing::debug!(max, "kernel limits background FUSE requests");
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let parent = ino(parent);
-        let found = self.tree.lookup(parent, name.as_bytes()).and_then(|child| {
-            child
-                .map(|c| {
-                    self.reached(parent, name.as_bytes(), c);
-                    self.file_attr(c)
-                })
-                .transpose()
-        });
-        match found {
-            Ok(Some(attr)) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
-            Err(e) => reply.error(self.fail("lookup", parent, None, &e)),
-        }
+        let (parent, name) = (ino(parent), name.as_bytes().to_vec());
+        self.answer(
+            reply,
+            move |core| {
+                let Some(child) = core.tree.lookup(parent, &name)? else {
+                    return Ok(None);
+                };
+                core.reached(parent, &name, child);
+                core.file_attr(child).map(Some)
+            },
+            move |core, reply, found| match found {
+                Ok(Some(attr)) => reply.entry(&core.ttl, &attr, Generation(0)),
+                Ok(None) => reply.entry(&core.ttl, &negative_attr(), Generation(0)),
+                Err(e) => reply.error(core.fail("lookup", parent, None, &e)),
+            },
+        );
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.file_attr(ino(i)) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
-            Err(e) => reply.error(self.fail("getattr", ino(i), None, &e)),
-        }
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.file_attr(i),
+            move |core, reply, attr| match attr {
+                Ok(attr) => reply.attr(&core.ttl, &attr),
+                Err(e) => reply.error(core.fail("getattr", i, None, &e)),
+            },
+        );
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.tree.readlink(ino(i)) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(self.fail("readlink", ino(i), None, &e)),
-        }
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.readlink(i),
+            move |core, reply, target| match target {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(core.fail("readlink", i, None, &e)),
+            },
+        );
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.tree.getattr(ino(i)) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(self.fail("open", ino(i), None, &e)),
-        }
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.getattr(i),
+            move |core, reply, attr| match attr {
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(core.fail("open", i, None, &e)),
+            },
+        );
     }
 
     fn read(
@@ -284,17 +393,22 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.tree.read(ino(i), offset, size) {
-            Ok(data) => {
-                if let Some((recorder, seen)) = &self.recorder {
-                    if let Some(path) = seen.first_read(ino(i)) {
-                        recorder.record(&path);
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.read(i, offset, size),
+            move |core, reply, data| match data {
+                Ok(data) => {
+                    if let Some((recorder, seen)) = &core.recorder {
+                        if let Some(path) = seen.first_read(i) {
+                            recorder.record(&path);
+                        }
                     }
+                    reply.data(&data)
                 }
-                reply.data(&data)
-            }
-            Err(e) => reply.error(self.fail("read", ino(i), Some(offset), &e)),
-        }
+                Err(e) => reply.error(core.fail("read", i, Some(offset), &e)),
+            },
+        );
     }
 
     /// Nothing is ever written, so closing has nothing to flush.
@@ -313,17 +427,22 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.tree.readdir(ino(i)) {
-            Ok(list) => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.lock_dirs().insert(fh, Arc::from(list));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                );
-            }
-            Err(e) => reply.error(self.fail("opendir", ino(i), None, &e)),
-        }
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.readdir(i),
+            move |core, reply, list| match list {
+                Ok(list) => {
+                    let fh = core.next_handle.fetch_add(1, Ordering::Relaxed);
+                    core.lock_dirs().insert(fh, Arc::from(list));
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                    );
+                }
+                Err(e) => reply.error(core.fail("opendir", i, None, &e)),
+            },
+        );
     }
 
     fn readdir(
@@ -334,12 +453,13 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.listing(ino(i), fh) {
+        let core = &self.core;
+        let list = match core.listing(ino(i), fh) {
             Ok(l) => l,
-            Err(e) => return reply.error(self.fail("readdir", ino(i), Some(offset), &e)),
+            Err(e) => return reply.error(core.fail("readdir", ino(i), Some(offset), &e)),
         };
         for (n, d) in list.iter().enumerate().skip(offset as usize) {
-            self.reached(ino(i), &d.name, d.ino);
+            core.reached(ino(i), &d.name, d.ino);
             let name = OsStr::from_bytes(&d.name);
             if reply.add(INodeNo(d.ino.0), n as u64 + 1, file_type(d.kind), name) {
                 break;
@@ -356,29 +476,28 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.listing(ino(i), fh) {
+        let dir = ino(i);
+        let list = match self.core.listing(dir, fh) {
             Ok(l) => l,
-            Err(e) => return reply.error(self.fail("readdirplus", ino(i), Some(offset), &e)),
+            Err(e) => return reply.error(self.core.fail("readdirplus", dir, Some(offset), &e)),
         };
-        for (n, d) in list.iter().enumerate().skip(offset as usize) {
-            let attr = match self.file_attr(d.ino) {
-                Ok(a) => a,
-                Err(e) => return reply.error(self.fail("readdirplus", d.ino, None, &e)),
-            };
-            self.reached(ino(i), &d.name, d.ino);
-            let name = OsStr::from_bytes(&d.name);
-            if reply.add(
-                INodeNo(d.ino.0),
-                n as u64 + 1,
-                name,
-                &self.ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
+        match demand::local_only(|| self.core.fill_plus(dir, &list, offset, &mut reply)) {
+            Ok(()) => reply.ok(),
+            // Not even the first entry's attributes are here: list on a reader thread.
+            Err(e) if e.needs_network() => {
+                let core = Arc::clone(&self.core);
+                self.readers.run(move || {
+                    let waiting = core.demand.enter();
+                    let filled = core.fill_plus(dir, &list, offset, &mut reply);
+                    drop(waiting);
+                    match filled {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(core.fail("readdirplus", dir, Some(offset), &e)),
+                    }
+                });
             }
+            Err(e) => reply.error(self.core.fail("readdirplus", dir, Some(offset), &e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -389,12 +508,12 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.lock_dirs().remove(&fh.0);
+        self.core.lock_dirs().remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
-        let s = self.tree.statfs();
+        let s = self.core.tree.statfs();
         reply.statfs(
             s.blocks,
             0,
@@ -408,25 +527,35 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.tree.getxattr(ino(i), name.as_bytes()) {
-            Ok(Some(value)) => reply_sized(reply, size, &value),
-            Ok(None) => reply.error(Errno::NO_XATTR),
-            Err(e) => reply.error(self.fail("getxattr", ino(i), None, &e)),
-        }
+        let (i, name) = (ino(i), name.as_bytes().to_vec());
+        self.answer(
+            reply,
+            move |core| core.tree.getxattr(i, &name),
+            move |core, reply, value| match value {
+                Ok(Some(value)) => reply_sized(reply, size, &value),
+                Ok(None) => reply.error(Errno::NO_XATTR),
+                Err(e) => reply.error(core.fail("getxattr", i, None, &e)),
+            },
+        );
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.tree.xattrs(ino(i)) {
-            Ok(all) => {
-                let mut names = Vec::new();
-                for (name, _) in all {
-                    names.extend_from_slice(&name);
-                    names.push(0);
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.xattrs(i),
+            move |core, reply, all| match all {
+                Ok(all) => {
+                    let mut names = Vec::new();
+                    for (name, _) in all {
+                        names.extend_from_slice(&name);
+                        names.push(0);
+                    }
+                    reply_sized(reply, size, &names);
                 }
-                reply_sized(reply, size, &names);
-            }
-            Err(e) => reply.error(self.fail("listxattr", ino(i), None, &e)),
-        }
+                Err(e) => reply.error(core.fail("listxattr", i, None, &e)),
+            },
+        );
     }
 
     fn access(&self, _req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -435,10 +564,15 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
         if mask.contains(AccessFlags::W_OK) {
             return reply.error(Errno::EROFS);
         }
-        match self.tree.getattr(ino(i)) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.fail("access", ino(i), None, &e)),
-        }
+        let i = ino(i);
+        self.answer(
+            reply,
+            move |core| core.tree.getattr(i),
+            move |core, reply, attr| match attr {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(core.fail("access", i, None, &e)),
+            },
+        );
     }
 }
 

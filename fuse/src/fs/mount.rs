@@ -28,6 +28,10 @@ pub struct MountOptions {
     pub ttl: Duration,
     /// Record the path of every file on its first read (`--record`).
     pub recorder: Option<std::sync::Arc<super::AccessRecorder>>,
+    /// Reader threads answering requests that wait on the network.
+    pub readers: usize,
+    /// Counts requests waiting on the network; share it with background fetches so they yield.
+    pub demand: std::sync::Arc<crate::demand::Demand>,
 }
 
 impl Default for MountOptions {
@@ -41,6 +45,8 @@ impl Default for MountOptions {
             threads: cpus.clamp(2, 8),
             ttl: Duration::from_secs(3600),
             recorder: None,
+            readers: 16,
+            demand: std::sync::Arc::default(),
         }
     }
 }
@@ -116,7 +122,12 @@ pub fn mount<T: LayerTree + 'static>(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let mut fs = LayerFs::new(tree, opts.ttl);
+    let mut fs = LayerFs::with_readers(
+        tree,
+        opts.ttl,
+        opts.readers,
+        std::sync::Arc::clone(&opts.demand),
+    );
     if let Some(r) = &opts.recorder {
         fs = fs.with_recorder(std::sync::Arc::clone(r));
     }

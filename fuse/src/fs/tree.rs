@@ -101,6 +101,12 @@ impl FsError {
     pub fn layer(ino: Ino, source: lazypull_converter::Error) -> Self {
         FsError::Layer { ino, source }
     }
+
+    /// Whether the operation stopped because it needs the network on a thread that forbade it
+    /// ([`crate::demand::local_only`]): it is to be run again where waiting is fine.
+    pub fn needs_network(&self) -> bool {
+        matches!(self, FsError::Layer { source, .. } if crate::demand::is_would_block(source))
+    }
 }
 
 /// Result alias of [`LayerTree`] operations.

@@ -5,6 +5,7 @@
 //! - [`read_embedded_index`]: locates the index a layer blob carries (from the
 //!   `org.erofs.chunk-index.range` annotation, see [`parse_range_annotation`]), checks the frame
 //!   and the payload digest, then parses it.
+//! - [`find_trailing_index`]: finds the index of a blob that comes without annotations.
 //! - [`ChunkedImage`]: the uncompressed image as a [`BlobRead`], fetching, verifying and
 //!   decompressing one chunk per read of the blob.
 //! - [`ChunkedWriter`] (feature `write`): cuts an image stream into chunks, one zstd frame each,
@@ -29,12 +30,14 @@ use crate::erofs::format::{
 };
 use crate::error::{Error, Result, ResultExt};
 
+mod discover;
 mod image;
 #[cfg(all(test, feature = "write"))]
 mod tests;
 #[cfg(feature = "write")]
 mod wrap;
 
+pub use discover::{find_trailing_index, TrailingIndex};
 pub use image::{ChunkStore, ChunkedImage, MAX_CHUNK_LEN};
 #[cfg(feature = "write")]
 pub use wrap::{ChunkedWriter, WrappedBlob};

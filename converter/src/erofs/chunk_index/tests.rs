@@ -325,3 +325,33 @@ fn bad_options_fail_at_first_use() {
     assert!(matches!(w.finish(), Err(Error::Invalid(_))));
     assert!(sink.is_empty());
 }
+
+/// Without annotations, the index is found at the blob's end, where the annotation says, for
+/// zstd and raw blobs and indexes of every size; blobs without one (or cut short) give none.
+#[test]
+fn the_trailing_index_is_found_without_annotations() {
+    for (compression, zstd) in [
+        (CHUNK_COMPRESSION_ZSTD, true),
+        (CHUNK_COMPRESSION_NONE, false),
+    ] {
+        // 0 chunks, 1, and enough that the index is past the first 64 KiB tail read.
+        for (len, chunk) in [(0, 4096u64), (3 * MIB + 5, MIB as u64), (6 * MIB, 4096)] {
+            let data = image(len, len as u64 + 7);
+            let (blob, w) = wrap(&data, compression, chunk);
+            let ann = w.annotations(zstd);
+            let (start, _) = parse_range_annotation(&ann[ANNOTATION_CHUNK_INDEX_RANGE]).unwrap();
+            let found = find_trailing_index(&blob).unwrap();
+            assert_eq!(
+                found,
+                Some(TrailingIndex { start, zstd }),
+                "{len} bytes in {chunk}-byte chunks, zstd {zstd}"
+            );
+            let digest: Digest = ann[ANNOTATION_CHUNK_INDEX_DIGEST].parse().unwrap();
+            read_embedded_index(&blob, zstd, (start, None), Some(&digest)).unwrap();
+            // One byte short: no index ends the blob any more.
+            assert_eq!(find_trailing_index(&blob[..blob.len() - 1]).unwrap(), None);
+        }
+    }
+    assert_eq!(find_trailing_index(&image(100_000, 3)).unwrap(), None);
+    assert_eq!(find_trailing_index(&Vec::<u8>::new()).unwrap(), None);
+}

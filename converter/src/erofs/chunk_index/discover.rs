@@ -1,0 +1,100 @@
+//! Finding the chunk index at the end of a blob that comes without annotations (a bare URL or
+//! file): the index section is the blob's last bytes, so its header sits exactly
+//! `32 + count × entry length` bytes before the end, and names that `count` itself.
+//!
+//! Nothing found here is trusted: the caller reads it with [`super::read_embedded_index`],
+//! which checks the payload against the digest the user gave before using a byte of it.
+
+use zerocopy::FromBytes;
+
+use super::HEADER_LEN;
+use crate::blob::BlobRead;
+use crate::erofs::format::{
+    ChunkIndexHeader, CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD, CHUNK_INDEX_MAGIC,
+    ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC_FIRST, ZSTD_SKIPPABLE_MAGIC_LAST,
+};
+use crate::error::Result;
+
+/// Where a trailing index was found: the section's start (the skippable frame for `+zstd`), and
+/// whether the layer is zstd-framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrailingIndex {
+    pub start: u64,
+    pub zstd: bool,
+}
+
+/// Tail sizes read in turn: one small read finds the index of images up to about 1.3 GiB at
+/// 1 MiB chunks, a second one up to 87,000 chunks. Larger indexes need the range annotation: a
+/// blob that is no layer at all should not cost more than this to refuse.
+const TAILS: [u64; 2] = [64 << 10, 4 << 20];
+
+/// Entry lengths version 1 allows: no checksum, SHA-256, SHA-512.
+const ENTRY_LENS: [u64; 3] = [16, 48, 80];
+
+/// Look for a chunk index ending the blob (within its last 4 MiB). `Ok(None)` when there is
+/// none (say, an eStargz blob).
+pub fn find_trailing_index<B: BlobRead + ?Sized>(blob: &B) -> Result<Option<TrailingIndex>> {
+    let len = blob.len();
+    let mut read = 0;
+    for tail_len in TAILS.map(|t| t.min(len)) {
+        if tail_len <= read {
+            break;
+        }
+        let tail = blob.read_vec(len - tail_len, tail_len)?;
+        if let Some(found) = scan(&tail) {
+            return Ok(Some(TrailingIndex {
+                start: len - tail_len + found.start,
+                zstd: found.zstd,
+            }));
+        }
+        read = tail_len;
+    }
+    Ok(None)
+}
+
+/// The index ending `tail`, its start relative to `tail`.
+fn scan(tail: &[u8]) -> Option<TrailingIndex> {
+    let end = tail.len() as u64;
+    for entry_len in ENTRY_LENS {
+        let mut count = 0u64;
+        while let Some(at) = end.checked_sub(HEADER_LEN + count * entry_len) {
+            if let Some(found) = header_at(tail, at, count, entry_len) {
+                return Some(found);
+            }
+            count += 1;
+        }
+    }
+    None
+}
+
+/// Whether an index header of `count` entries of `entry_len` bytes starts at `at`.
+fn header_at(tail: &[u8], at: u64, count: u64, entry_len: u64) -> Option<TrailingIndex> {
+    let at_usize = usize::try_from(at).ok()?;
+    let (header, _) = ChunkIndexHeader::read_from_prefix(tail.get(at_usize..)?).ok()?;
+    if header.magic != CHUNK_INDEX_MAGIC
+        || u64::from(header.num_chunks.get()) != count
+        || 16 + u64::from(header.hash_size) != entry_len
+    {
+        return None;
+    }
+    match header.compression_type {
+        CHUNK_COMPRESSION_NONE => Some(TrailingIndex {
+            start: at,
+            zstd: false,
+        }),
+        CHUNK_COMPRESSION_ZSTD => {
+            let frame = at.checked_sub(ZSTD_SKIPPABLE_HEADER_SIZE)?;
+            let f = usize::try_from(frame).ok()?;
+            let magic = u32::from_le_bytes(tail.get(f..f + 4)?.try_into().ok()?);
+            let size = u32::from_le_bytes(tail.get(f + 4..f + 8)?.try_into().ok()?);
+            let payload = tail.len() as u64 - at;
+            ((ZSTD_SKIPPABLE_MAGIC_FIRST..=ZSTD_SKIPPABLE_MAGIC_LAST).contains(&magic)
+                && u64::from(size) == payload)
+                .then_some(TrailingIndex {
+                    start: frame,
+                    zstd: true,
+                })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,260 @@
+//! The benchmark's report: per image, network and mode the median and spread of the time to
+//! ready and what crossed the network; a table on the terminal, `coldstart.json`, and a chart
+//! (`coldstart.svg`, and `coldstart.png` when `rsvg-convert` is installed).
+
+use std::path::Path;
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::run::RunResult;
+
+/// What is known about an image before any run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFacts {
+    pub name: String,
+    pub uncompressed_bytes: u64,
+    pub gzip_bytes: u64,
+    pub estargz_bytes: u64,
+    pub erofs_bytes: u64,
+    /// Total size of the files the workload read (from `lazypull mount --record`).
+    pub workload_read_bytes: u64,
+    pub workload_files: u64,
+}
+
+/// Median and spread of a mode's runs.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub ready_median: f64,
+    pub ready_min: f64,
+    pub ready_max: f64,
+    pub bytes_median: u64,
+    pub requests_median: u64,
+    pub round_trips_median: u64,
+    pub peak_rss_kib_max: Option<u64>,
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+impl Summary {
+    /// The summary of `runs` (at least one).
+    pub fn of(runs: &[RunResult]) -> Summary {
+        let secs: Vec<f64> = runs.iter().map(|r| r.ready_secs).collect();
+        Summary {
+            ready_median: median(secs.clone()),
+            ready_min: secs.iter().copied().fold(f64::INFINITY, f64::min),
+            ready_max: secs.iter().copied().fold(0.0, f64::max),
+            bytes_median: median(runs.iter().map(|r| r.bytes_fetched).collect()),
+            requests_median: median(runs.iter().map(|r| r.requests).collect()),
+            round_trips_median: median(runs.iter().map(|r| r.round_trips).collect()),
+            peak_rss_kib_max: runs.iter().filter_map(|r| r.peak_rss_kib).max(),
+        }
+    }
+}
+
+/// One image, network and mode: every run and their summary.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measured {
+    pub image: String,
+    pub network: String,
+    pub mode: String,
+    pub summary: Summary,
+    pub runs: Vec<RunResult>,
+}
+
+/// `n` bytes for people.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Print the table and the target checks; write the JSON and the chart into `out`.
+pub fn write(out: &Path, facts: &[ImageFacts], measured: &[Measured], runs: usize) -> Result<()> {
+    println!();
+    for f in facts {
+        println!(
+            "{}: {} uncompressed, gzip {}, eStargz {}, EROFS {}; the workload reads {} files, {}",
+            f.name,
+            human(f.uncompressed_bytes),
+            human(f.gzip_bytes),
+            human(f.estargz_bytes),
+            human(f.erofs_bytes),
+            f.workload_files,
+            human(f.workload_read_bytes)
+        );
+    }
+    println!();
+    println!(
+        "| image | network | mode | ready (median, min–max of {runs}) | vs full pull | fetched | requests | round trips | lazypull peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for m in measured {
+        let full = measured
+            .iter()
+            .find(|f| f.image == m.image && f.network == m.network && f.mode == "full pull")
+            .map(|f| f.summary.ready_median);
+        let s = &m.summary;
+        println!(
+            "| {} | {} | {} | {:.2} s ({:.2}–{:.2}) | {} | {} | {} | {} | {} |",
+            m.image,
+            m.network,
+            m.mode,
+            s.ready_median,
+            s.ready_min,
+            s.ready_max,
+            full.map_or("–".into(), |f| format!(
+                "{:.0}%",
+                100.0 * s.ready_median / f
+            )),
+            human(s.bytes_median),
+            s.requests_median,
+            s.round_trips_median,
+            s.peak_rss_kib_max.map_or("–".into(), |k| human(k * 1024)),
+        );
+    }
+    let json = serde_json::json!({ "images": facts, "results": measured, "runs": runs });
+    std::fs::write(
+        out.join("coldstart.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let svg = out.join("coldstart.svg");
+    chart(&svg, measured)?;
+    let png = out.join("coldstart.png");
+    match std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        _ => eprintln!("bench: rsvg-convert (Debian librsvg2-bin) not found: no PNG chart"),
+    }
+    println!();
+    println!(
+        "wrote {}, {} and {}",
+        out.join("coldstart.json").display(),
+        svg.display(),
+        png.display()
+    );
+    Ok(())
+}
+
+/// Grouped bars: per image and network, the median time to ready of every mode, with the
+/// min–max spread as an error bar.
+fn chart(path: &Path, measured: &[Measured]) -> Result<()> {
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for m in measured {
+        let g = (m.image.clone(), m.network.clone());
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let mut modes: Vec<String> = Vec::new();
+    for m in measured {
+        if !modes.contains(&m.mode) {
+            modes.push(m.mode.clone());
+        }
+    }
+    let top = measured
+        .iter()
+        .map(|m| m.summary.ready_max)
+        .fold(0.0, f64::max)
+        * 1.15;
+    let width = (160 * groups.len().max(1) + 220) as u32;
+    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    let slots = groups.len() * (modes.len() + 1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "cold start: time until the workload is ready",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .right_y_label_area_size(0)
+        .build_cartesian_2d(0f64..slots as f64, 0f64..top.max(0.1))
+        .map_err(|e| draw(&e))?;
+    let labels = groups.clone();
+    let per = modes.len() + 1;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(slots)
+        .x_label_formatter(&|x| {
+            let slot = *x as usize;
+            if slot % per == per / 2 {
+                labels
+                    .get(slot / per)
+                    .map(|(i, n)| format!("{i} {n}"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("seconds (median, min–max)")
+        .draw()
+        .map_err(|e| draw(&e))?;
+    for (k, mode) in modes.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let bars: Vec<(f64, &Measured)> = measured
+            .iter()
+            .filter(|m| &m.mode == mode)
+            .filter_map(|m| {
+                let g = groups
+                    .iter()
+                    .position(|g| g.0 == m.image && g.1 == m.network)?;
+                Some(((g * per + k) as f64, m))
+            })
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|(x, m)| {
+                Rectangle::new(
+                    [(*x + 0.1, 0.0), (*x + 0.9, m.summary.ready_median)],
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| draw(&e))?
+            .label(mode.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart
+            .draw_series(bars.iter().map(|(x, m)| {
+                ErrorBar::new_vertical(
+                    x + 0.5,
+                    m.summary.ready_min,
+                    m.summary.ready_median,
+                    m.summary.ready_max,
+                    BLACK.stroke_width(1),
+                    6,
+                )
+            }))
+            .map_err(|e| draw(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| draw(&e))?;
+    root.present().map_err(|e| draw(&e))?;
+    Ok(())
+}
