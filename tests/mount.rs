@@ -53,13 +53,19 @@ impl Served {
         mountpoint: &Path,
         cache: &Path,
     ) -> Served {
-        let child = Command::new(lazypull_bin())
-            .arg("mount")
+        let mut cmd = Command::new(lazypull_bin());
+        cmd.arg("mount")
             .arg("--cache-dir")
             .arg(cache)
             .args(extra)
             .arg(source)
-            .arg(mountpoint)
+            .arg(mountpoint);
+        Served::spawn(cmd, mountpoint)
+    }
+
+    /// Run `cmd` (a `lazypull mount … MOUNTPOINT`) and wait until it has mounted.
+    pub(crate) fn spawn(mut cmd: Command, mountpoint: &Path) -> Served {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -72,7 +78,8 @@ impl Served {
         while !is_mounted(mountpoint) {
             assert!(
                 Instant::now() < deadline,
-                "{source} not mounted within 30 s"
+                "{} not mounted within 30 s",
+                mountpoint.display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -650,3 +650,78 @@ fn registry_outage_during_a_lazy_mount() {
     assert!(!std::fs::read(mnt.join(&files[0])).unwrap().is_empty());
     served.stop();
 }
+
+/// `HTTP_PROXY` is honoured by the registry client and by the lazy mount's range fetcher;
+/// `NO_PROXY` bypasses it.
+#[test]
+fn http_proxy_is_honoured() {
+    if !tools_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start(Auth::Basic);
+    let image = push_fixture(&reg, tmp.path());
+    let proxy = crate::util::registry::ForwardProxy::start();
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let creds = reg.creds().unwrap();
+    let convert_via = |dst: &str, no_proxy: &str| {
+        let args: Vec<String> = vec![
+            "convert".into(),
+            "--creds".into(),
+            creds.clone(),
+            format!("{}/sample:v1", reg.host),
+            format!("{}/{dst}", reg.host),
+        ];
+        let env = [
+            ("DOCKER_CONFIG", "/nonexistent"),
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("http_proxy", proxy_url.as_str()),
+            ("NO_PROXY", no_proxy),
+            ("no_proxy", no_proxy),
+        ];
+        let out = lazypull_env(&args, &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    convert_via("direct:v1", "127.0.0.1");
+    assert_eq!(proxy.requests(), 0, "NO_PROXY was ignored");
+    convert_via("proxied:v1", "");
+    let after_convert = proxy.requests();
+    assert!(
+        after_convert > 5,
+        "only {after_convert} requests went through the proxy"
+    );
+
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let (want, explicit) = expected_tree(&image, &tmp.path().join("want"));
+    let mnt = tmp.path().join("mnt");
+    let mut cmd = Command::new(lazypull_bin());
+    cmd.args([
+        "mount",
+        "--no-background-fetch",
+        "--creds",
+        &creds,
+        "--cache-dir",
+    ])
+    .arg(tmp.path().join("cache"))
+    .arg(format!("{}/proxied:v1", reg.host))
+    .arg(&mnt)
+    .env("DOCKER_CONFIG", "/nonexistent")
+    .env("HTTP_PROXY", &proxy_url)
+    .env("http_proxy", &proxy_url)
+    .env_remove("NO_PROXY")
+    .env_remove("no_proxy");
+    let served = Served::spawn(cmd, &mnt);
+    let got = without_dir_mtimes(snapshot(&mnt));
+    assert!(read_everything(&mnt) > 0);
+    assert!(compare(&want, &got, Some(&explicit)).0.is_empty());
+    served.stop();
+    assert!(
+        proxy.requests() > after_convert,
+        "the range reads did not go through the proxy"
+    );
+}
