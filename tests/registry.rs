@@ -405,6 +405,40 @@ fn stopped_registry_fails_cleanly_and_keeps_the_tag() {
     reg.resume();
     let raw = reg.skopeo_raw(&format!("docker://{dst}"));
     assert_eq!(sha256(&raw), before, "the interrupted push moved the tag");
+
+    // Stopped in the middle of a pull: through a slow proxy, the manifest and config arrive,
+    // then the registry goes away before the layers; retries, a clear error, no destination.
+    let proxy = crate::util::registry::ForwardProxy::start();
+    proxy.set_delay(Duration::from_millis(300));
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let child = Command::new(lazypull_bin())
+        .args(["convert", "--no-progress"])
+        .arg(format!("{}/sample:v1", reg.host))
+        .arg(format!("oci:{}:v1", out_dir.display()))
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.requests() < 2 {
+        assert!(Instant::now() < deadline, "the pull never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    reg.stop();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the pull succeeded without a registry"
+    );
+    assert!(err.contains("pull blob sha256:"), "{err}");
+    assert!(err.contains("retries"), "{err}");
+    assert!(!out_dir.exists());
 }
 
 /// An image index pushed with `skopeo copy --all` and a Docker v2 schema 2 manifest pushed with

@@ -468,6 +468,8 @@ fn percent_decode(s: &str) -> String {
 pub struct ForwardProxy {
     pub port: u16,
     requests: Arc<AtomicU64>,
+    /// Milliseconds every request is held before it is forwarded.
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -477,9 +479,10 @@ impl ForwardProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (requests, stop, delay) = (requests.clone(), stop.clone(), delay_ms.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -487,7 +490,9 @@ impl ForwardProxy {
                     }
                     let Ok(conn) = conn else { continue };
                     let requests = requests.clone();
+                    let delay = Duration::from_millis(delay.load(Ordering::Relaxed));
                     std::thread::spawn(move || {
+                        std::thread::sleep(delay);
                         if forward(conn) {
                             requests.fetch_add(1, Ordering::Relaxed);
                         }
@@ -498,9 +503,16 @@ impl ForwardProxy {
         ForwardProxy {
             port,
             requests,
+            delay_ms,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Hold every later request this long before forwarding it (a slow link).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Requests forwarded so far.

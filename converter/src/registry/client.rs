@@ -349,7 +349,11 @@ impl Client {
                     self.authenticate(step, challenge.as_deref())?;
                     continue;
                 }
-                Ok(r) if retry && retryable_status(r.status()) && attempt < self.opts.retries => {
+                Ok(r) if retry && retryable_status(r.status()) => {
+                    if attempt >= self.opts.retries {
+                        let retries = format!(" (after {attempt} retries)");
+                        return Err(status_error_with(self.context(step), r, &retries));
+                    }
                     tracing::warn!("{}: {}; retrying", self.context(step), r.status());
                 }
                 Ok(r) => return Ok(r),
@@ -390,14 +394,35 @@ fn transport_error(what: String, e: &reqwest::Error, retries: u32) -> Error {
     } else {
         io::ErrorKind::ConnectionAborted
     };
-    Error::io(
-        what,
-        io::Error::new(kind, format!("{} (after {retries} retries)", describe(e))),
-    )
+    let message = format!("{} (after {retries} retries)", describe(e));
+    let source = if retries > 0 {
+        io::Error::new(kind, Exhausted(message))
+    } else {
+        io::Error::new(kind, message)
+    };
+    Error::io(what, source)
 }
+
+/// The reason of a failure that was already retried: starting the transfer over would only
+/// retry it again.
+#[derive(Debug)]
+struct Exhausted(String);
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Exhausted {}
 
 /// "404 Not Found: MANIFEST_UNKNOWN: manifest unknown" from the answer and its error body.
 fn status_error(what: String, response: Response) -> Error {
+    status_error_with(what, response, "")
+}
+
+/// [`status_error`] with `suffix` after the status and detail.
+fn status_error_with(what: String, response: Response, suffix: &str) -> Error {
     let status = response.status();
     let kind = match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => io::ErrorKind::PermissionDenied,
@@ -415,7 +440,13 @@ fn status_error(what: String, response: Response) -> Error {
             Some(format!(": {code}: {msg}"))
         })
         .unwrap_or_default();
-    Error::io(what, io::Error::new(kind, format!("{status}{detail}")))
+    let message = format!("{status}{detail}{suffix}");
+    let source = if suffix.is_empty() {
+        io::Error::new(kind, message)
+    } else {
+        io::Error::new(kind, Exhausted(message))
+    };
+    Error::io(what, source)
 }
 
 /// A body of at most `limit` bytes (a larger one is an error, never a large allocation).
@@ -431,9 +462,11 @@ pub(crate) fn read_small(response: Response, limit: u64) -> io::Result<Vec<u8>> 
     Ok(out)
 }
 
-/// Whether an error is worth starting an upload or download over (not a refusal).
+/// Whether an error is worth starting an upload or download over: not a refusal, and not a
+/// request that was already retried.
 pub(crate) fn is_transient(e: &Error) -> bool {
     match e.root() {
+        Error::Io { source, .. } if source.get_ref().is_some_and(|r| r.is::<Exhausted>()) => false,
         Error::Io { source, .. } => !matches!(
             source.kind(),
             io::ErrorKind::PermissionDenied
