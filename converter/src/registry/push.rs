@@ -1,11 +1,13 @@
 //! Pushing an image to a registry: blobs, then manifests, then the tag.
 //!
 //! The order is what keeps a failed push harmless: the tag is the last request, so until it
-//! succeeds the registry's tag still names the image it named before. Blobs the registry already
+//! succeeds the registry's tag still names the image it named before. Blobs go up four at a
+//! time; manifests only once every blob is there. Blobs the registry already
 //! has are skipped (`HEAD`); blobs of another repository of the same registry are mounted
 //! instead of uploaded; large blobs go up in `PATCH` chunks.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
@@ -19,6 +21,9 @@ use crate::oci::{media, Descriptor, ImageSource, Index, Manifest};
 
 use super::client::{is_transient, Client, RegistryOptions};
 use super::reference::Reference;
+
+/// Blobs uploaded at once (as docker does, a few: registries and links do not gain from more).
+const PUSH_WORKERS: usize = 4;
 
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -91,9 +96,7 @@ pub fn push_image(
     let mut seen = HashSet::new();
     blobs.retain(|b| seen.insert(b.digest));
     report.blobs = blobs.len();
-    for b in &blobs {
-        push_blob(&client, src, b, mount_from, progress, &mut report)?;
-    }
+    push_blobs(&client, src, &blobs, mount_from, progress, &mut report)?;
     for (d, bytes) in &manifests {
         put_manifest(&client, &d.digest.to_string(), &d.media_type, bytes)?;
         report.manifests += 1;
@@ -139,14 +142,72 @@ fn put_manifest(client: &Client, target: &str, media_type: &str, bytes: &[u8]) -
     Ok(())
 }
 
+/// How a blob reached the repository.
+enum Pushed {
+    Existing,
+    Mounted,
+    Uploaded,
+}
+
+/// Push `blobs` with [`PUSH_WORKERS`] threads taking them in order; the first error wins.
+fn push_blobs(
+    client: &Client,
+    src: &dyn ImageSource,
+    blobs: &[Descriptor],
+    mount_from: Option<&str>,
+    progress: &dyn PushProgress,
+    report: &mut PushReport,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Vec<(usize, Result<Pushed>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..PUSH_WORKERS.min(blobs.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(desc) = blobs.get(i) else { break };
+                        let r = push_blob(client, src, desc, mount_from, progress);
+                        failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                        done.push((i, r));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    let e = Error::Invalid(client.context("push: a push thread panicked"));
+                    vec![(usize::MAX, Err(e))]
+                })
+            })
+            .collect()
+    });
+    let mut results: Vec<(usize, Result<Pushed>)> = results.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    for (i, r) in results {
+        match r? {
+            Pushed::Existing => report.existing += 1,
+            Pushed::Mounted => report.mounted += 1,
+            Pushed::Uploaded => {
+                report.uploaded += 1;
+                report.uploaded_bytes += blobs[i].size;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn push_blob(
     client: &Client,
     src: &dyn ImageSource,
     desc: &Descriptor,
     mount_from: Option<&str>,
     progress: &dyn PushProgress,
-    report: &mut PushReport,
-) -> Result<()> {
+) -> Result<Pushed> {
     let step = format!("push blob {}", desc.digest);
     let response = client.send(
         &format!("check blob {}", desc.digest),
@@ -157,10 +218,7 @@ fn push_blob(
         true,
     )?;
     match response.status() {
-        StatusCode::OK => {
-            report.existing += 1;
-            return Ok(());
-        }
+        StatusCode::OK => return Ok(Pushed::Existing),
         StatusCode::NOT_FOUND => {}
         _ => return Err(client.status_error(&format!("check blob {}", desc.digest), response)),
     }
@@ -175,15 +233,8 @@ fn push_blob(
                 }
             });
         match result {
-            Ok(true) => {
-                report.mounted += 1;
-                return Ok(());
-            }
-            Ok(false) => {
-                report.uploaded += 1;
-                report.uploaded_bytes += desc.size;
-                return Ok(());
-            }
+            Ok(true) => return Ok(Pushed::Mounted),
+            Ok(false) => return Ok(Pushed::Uploaded),
             Err(e) if is_transient(&e) && attempt < client.options().retries => {
                 attempt += 1;
                 tracing::warn!("{e}; starting the upload again");
