@@ -93,6 +93,15 @@ pub fn credentials_from_config(path: &Path, registry: &str) -> Result<Option<Cre
         return Ok(None);
     };
     let bad = |why: &str| Error::format(format!("docker config {shown}: auths `{key}`: {why}"));
+    if auth
+        .get("identitytoken")
+        .is_some_and(|t| t.as_str() != Some(""))
+    {
+        return Err(Error::Unsupported(format!(
+            "docker config {shown}: auths `{key}`: identity tokens (OAuth refresh tokens) are \
+             not supported; give --creds USER:PASS"
+        )));
+    }
     if let Some(encoded) = auth.get("auth").and_then(Value::as_str) {
         if encoded.is_empty() {
             return Ok(None);
@@ -285,6 +294,7 @@ mod tests {
                 "https://index.docker.io/v1/": {"auth": auth},
                 "127.0.0.1:5000": {"username": "u2", "password": "p2"},
                 "bad.io": {"auth": "%%%"},
+                "oauth.io": {"identitytoken": "refresh"},
             }})
             .to_string(),
         )
@@ -305,6 +315,8 @@ mod tests {
             .is_none());
         let err = credentials_from_config(&path, "bad.io").unwrap_err();
         assert!(err.to_string().contains("auths `bad.io`"), "{err}");
+        let err = credentials_from_config(&path, "oauth.io").unwrap_err();
+        assert!(err.to_string().contains("identity tokens"), "{err}");
         assert!(!format!("{hub:?}").contains("p:1"));
         assert!(Credentials::parse("nopass").is_err());
     }

@@ -28,7 +28,8 @@ pub struct RegistryOptions {
     pub retries: u32,
     /// Base of the exponential backoff between attempts.
     pub backoff: Duration,
-    /// Per-request timeout (connect, headers, and for small bodies the whole answer).
+    /// Longest wait for a connection, for an answer's headers, and for each read of a body (so
+    /// a large blob may take longer as long as its bytes keep coming).
     pub timeout: Duration,
     /// Blobs larger than this are uploaded in PATCH chunks of this size.
     pub upload_chunk_size: u64,
