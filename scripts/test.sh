@@ -15,13 +15,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #   tar, gzip, pigz, zstd: extracting and compressing layers as users do;
 #   attr (getfattr), jq: inspecting results by hand when a test fails;
 #   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates;
-#   curl, librsvg2-bin: the cold-start benchmark's full pull and its PNG chart (`bench --quick`).
+#   curl, librsvg2-bin: the cold-start benchmark's full pull and its PNG chart (`bench --quick`);
+#   docker-registry (distribution 2.8), apache2-utils (htpasswd -B), openssl: the registry tests
+#     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl).
 PACKAGES=(
     golang-go golang-github-containerd-stargz-snapshotter-dev
     skopeo umoci
     tar gzip pigz zstd
     attr jq erofs-utils ca-certificates
     curl librsvg2-bin
+    docker-registry apache2-utils openssl
 )
 
 missing=()

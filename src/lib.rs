@@ -4,7 +4,10 @@
 //!   [`lazypull_converter::convert::convert`] with a progress bar, per-layer summaries on stderr
 //!   and an optional JSON report on stdout.
 //! - [`run_mount`] / [`run_umount`]: `lazypull mount` and `lazypull umount`, serving converted
-//!   layers through FUSE with every chunk verified and cached.
+//!   layers (from files, URLs, layouts or registries) through FUSE with every chunk verified
+//!   and cached.
+//! - [`run_inspect`]: `lazypull inspect`, each layer's format, sizes, entries, chunks, prefetch
+//!   region and verification annotations, read as a lazy mount reads them.
 //! - [`run_demo`]: `lazypull demo`, which builds the sample image, converts it to eStargz and
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
@@ -13,6 +16,7 @@
 pub mod bench;
 mod demo;
 mod demo_lazy;
+mod inspect;
 mod mount;
 mod progress;
 
@@ -20,8 +24,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
+use lazypull_converter::registry::{Credentials, RegistryOptions};
 
 pub use demo::{run_demo, DemoArgs};
+pub use inspect::{run_inspect, InspectArgs};
 pub use mount::{run_mount, run_umount, MountArgs};
 
 /// Output layer format chosen on the command line.
@@ -46,6 +52,62 @@ pub struct ConvertArgs {
     pub platform: Option<String>,
     pub json: bool,
     pub progress: bool,
+    pub registry: RegistryArgs,
+}
+
+/// How registries are reached (`convert`, `mount`, `inspect`), from the command line.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RegistryArgs {
+    /// Credentials for every registry, instead of the docker config.
+    ///
+    /// Example: --creds alice:s3cret
+    #[arg(long, value_name = "USER:PASS")]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to registries (loopback hosts always get plain HTTP).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Accept any TLS certificate from registries.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A registry to pull from first (repeatable, tried in order); the image's own registry is
+    /// the fallback. Content is verified by digest whoever serves it.
+    ///
+    /// Example: --mirror 127.0.0.1:65001 (a P2P daemon such as Dragonfly's dfdaemon)
+    #[arg(long = "mirror", value_name = "HOST[:PORT]")]
+    pub mirrors: Vec<String>,
+    /// Blobs larger than this many bytes are pushed in chunks of this size (default 16 MiB).
+    #[arg(long, hide = true)]
+    pub upload_chunk_size: Option<u64>,
+}
+
+impl RegistryArgs {
+    /// The converter's registry options.
+    pub fn options(&self) -> Result<RegistryOptions> {
+        let mut opts = RegistryOptions {
+            creds: self.creds.as_deref().map(Credentials::parse).transpose()?,
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            mirrors: self.mirrors.clone(),
+            ..RegistryOptions::default()
+        };
+        if let Some(n) = self.upload_chunk_size {
+            opts.upload_chunk_size = n;
+        }
+        Ok(opts)
+    }
+}
+
+/// The error with its causes, each once: the library's errors already show their sources, so
+/// a cause whose text ends the message so far is not repeated.
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 /// Set up `tracing` output on stderr at `level` unless `RUST_LOG` says otherwise.
@@ -88,6 +150,7 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
             .transpose()?,
         threads: args.threads,
         platform: args.platform.clone(),
+        registry: args.registry.options()?,
     };
     let bar = progress::Bar::new(args.progress);
     let report = convert::convert(&args.src, &args.dst, &opts, &bar)?;
@@ -105,6 +168,18 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
         report.seconds,
         report.root.digest
     );
+    if let Some(p) = &report.push {
+        eprintln!(
+            "pushed {}: {} blobs ({} already there, {} mounted, {} uploaded, {}), {} manifests",
+            p.reference,
+            p.blobs,
+            p.existing,
+            p.mounted,
+            p.uploaded,
+            convert::human_bytes(p.uploaded_bytes),
+            p.manifests
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use lazypull::{ConvertArgs, DemoArgs, MountArgs, OutputFormat};
+use lazypull::{ConvertArgs, DemoArgs, InspectArgs, MountArgs, OutputFormat, RegistryArgs};
 
 /// Lazy-pull container images: convert OCI images into seekable eStargz or EROFS layers whose
 /// files can be fetched on demand, so containers start before their image is downloaded.
@@ -26,9 +26,13 @@ enum Command {
     /// Example: lazypull convert oci:./app:1.0 oci:./app-esgz:1.0
     ///
     /// Sources: `oci:DIR[:TAG]` (an OCI image layout), `docker-archive:FILE` (a `docker save`
-    /// tarball), `oci-archive:FILE[:TAG]`. Destination: `oci:DIR[:TAG]`; an existing layout gets
-    /// the new image added under TAG. The destination changes only when the whole conversion
-    /// succeeded.
+    /// tarball), `oci-archive:FILE[:TAG]`, `[docker://]HOST/REPO[:TAG|@DIGEST]` (a registry).
+    /// Destinations: `oci:DIR[:TAG]` (an existing layout gets the new image added under TAG) or
+    /// a registry. The destination changes only when the whole conversion succeeded: a registry
+    /// tag is moved by the last request of the push.
+    ///
+    /// Registry credentials: --creds, else the docker config ($DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json: auths, credHelpers, credsStore). HTTPS_PROXY/NO_PROXY apply.
     #[command(verbatim_doc_comment)]
     Convert(ConvertCmd),
     /// Mount a converted layer, or a whole image as a read-only overlay, fetching and
@@ -37,9 +41,11 @@ enum Command {
     /// Example: lazypull mount oci:./app-esgz:1.0 /mnt/app
     ///
     /// SOURCE: a blob file or an `http://`/`https://` URL of a blob on any server with Range
-    /// support (give --toc-digest), or `oci:DIR[:TAG]` (every layer, stacked with overlayfs;
-    /// `--layer DIGEST` for one), or `oci:http://HOST/PATH[:TAG]`, an image layout on an HTTP
-    /// server. Serves until Ctrl-C, SIGTERM or `lazypull umount`.
+    /// support (give --toc-digest), `oci:DIR[:TAG]`, `oci:http://HOST/PATH[:TAG]` (an image
+    /// layout on an HTTP server) or `[docker://]HOST/REPO[:TAG|@DIGEST]` (a registry): every
+    /// layer, stacked with overlayfs (`--layer DIGEST` for one); registry layers are read by
+    /// range requests with the registry's authentication. Serves until Ctrl-C, SIGTERM or
+    /// `lazypull umount`.
     #[command(verbatim_doc_comment)]
     Mount(MountCmd),
     /// Unmount what `lazypull mount` serves; the server then exits.
@@ -49,6 +55,11 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Show each layer of an image: format, sizes, entries, chunks, prefetch region and the
+    /// annotations a lazy mount verifies it by (only TOCs and indexes are fetched).
+    ///
+    /// Example: lazypull inspect 127.0.0.1:5000/app:1.0-esgz --json
+    Inspect(InspectCmd),
     /// Build a small sample image, convert it, verify it and print what happened.
     ///
     /// Example: lazypull demo --keep ./demo-out
@@ -114,11 +125,14 @@ struct ConvertCmd {
     /// Never draw a progress bar, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args, Debug)]
 struct MountCmd {
-    /// A converted layer blob file or URL, `oci:DIR[:TAG]` or `oci:http://HOST/PATH[:TAG]`.
+    /// A converted layer blob file or URL, `oci:DIR[:TAG]`, `oci:http://HOST/PATH[:TAG]`, or a
+    /// registry image.
     source: String,
     /// Where to mount (created if missing).
     mountpoint: PathBuf,
@@ -185,6 +199,22 @@ struct MountCmd {
     /// Example: --read-ahead 262144
     #[arg(long, default_value_t = 0)]
     read_ahead: u64,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectCmd {
+    /// `oci:DIR[:TAG]`, an archive, or a registry image.
+    image: String,
+    /// Only this platform of a multi-platform image, as OS/ARCH[/VARIANT].
+    #[arg(long)]
+    platform: Option<String>,
+    /// Print JSON instead of one line per layer.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -279,6 +309,7 @@ fn main() -> ExitCode {
             platform: c.platform,
             json: c.json,
             progress: !c.no_progress,
+            registry: c.registry,
         }),
         Command::Mount(m) => lazypull::run_mount(MountArgs {
             source: m.source,
@@ -295,8 +326,15 @@ fn main() -> ExitCode {
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
             readahead: m.read_ahead,
+            registry: m.registry,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),
+        Command::Inspect(i) => lazypull::run_inspect(InspectArgs {
+            image: i.image,
+            platform: i.platform,
+            json: i.json,
+            registry: i.registry,
+        }),
         Command::Demo(d) => lazypull::run_demo(DemoArgs {
             keep: d.keep,
             bandwidth_mbit: d.bandwidth,
@@ -318,7 +356,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lazypull: error: {e:#}");
+            eprintln!("lazypull: error: {}", lazypull::error_message(&e));
             ExitCode::FAILURE
         }
     }

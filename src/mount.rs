@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lazypull_converter::oci::{self, media, Descriptor, ImageNode, ImageRef, PlatformFilter};
+use lazypull_converter::oci::{
+    self, media, Descriptor, ImageNode, ImageRef, ImageSource, PlatformFilter,
+};
+use lazypull_converter::registry::RegistrySource;
 use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::background::{BackgroundFetch, BackgroundOptions, LayerProgress};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
@@ -40,6 +43,8 @@ pub struct MountArgs {
     pub fetch_retries: u32,
     /// Bytes fetched after a small eStargz read that misses, for the reads that follow.
     pub readahead: u64,
+    /// How a registry SOURCE is reached.
+    pub registry: crate::RegistryArgs,
 }
 
 /// One layer to serve.
@@ -162,15 +167,17 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .map(str::parse::<Digest>)
         .transpose()?;
     let remote = ["http://", "https://", "oci:http://", "oci:https://"];
-    let fetcher = if remote.iter().any(|p| args.source.starts_with(p)) {
-        Some(RangeFetcher::new(FetchOptions {
-            timeout: args.fetch_timeout,
-            retries: args.fetch_retries,
-            ..FetchOptions::default()
-        })?)
-    } else {
-        None
-    };
+    let fetcher =
+        if remote.iter().any(|p| args.source.starts_with(p)) || is_registry_source(&args.source) {
+            Some(RangeFetcher::new(FetchOptions {
+                timeout: args.fetch_timeout,
+                retries: args.fetch_retries,
+                accept_invalid_certs: args.registry.insecure,
+                ..FetchOptions::default()
+            })?)
+        } else {
+            None
+        };
     let layers = resolve_source(&args, trusted, fetcher.as_ref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Arc::new(
@@ -365,14 +372,22 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// The layers SOURCE names: a blob file or URL, or the image of an OCI layout, local or on an
-/// HTTP server (one layer with `--layer`).
+/// Whether SOURCE names an image in a registry (and not a file that happens to look like one).
+fn is_registry_source(source: &str) -> bool {
+    !Path::new(source).exists()
+        && matches!(source.parse::<ImageRef>(), Ok(ImageRef::Registry { .. }))
+}
+
+/// The layers SOURCE names: a blob file or URL, or the image of an OCI layout (local or on an
+/// HTTP server) or of a registry (one layer with `--layer`). Registry layers are read by range
+/// requests through `fetcher`, with the registry's authentication.
 fn resolve_source(
     args: &MountArgs,
     trusted: Option<Digest>,
     fetcher: Option<&RangeFetcher>,
 ) -> Result<Vec<LayerToMount>> {
-    if !args.source.starts_with("oci:") {
+    let registry = is_registry_source(&args.source);
+    if !args.source.starts_with("oci:") && !registry {
         let blob: SharedBlob = match fetcher {
             Some(f) => Arc::new(HttpBlob::open(f, &args.source)?),
             None => Arc::new(FileBlob::open(&PathBuf::from(&args.source))?),
@@ -388,14 +403,25 @@ fn resolve_source(
             },
         }]);
     }
-    let source: Box<dyn oci::ImageSource> = match (args.source.strip_prefix("oci:"), fetcher) {
-        // An image layout on a plain HTTP server.
-        (Some(rest), Some(fetcher)) if rest.starts_with("http") => {
-            let (url, tag) = split_url_tag(rest);
-            Box::new(open_http_layout(fetcher, url, tag.map(String::from))?)
-        }
-        _ => oci::open_source(&args.source.parse::<ImageRef>()?)?,
-    };
+    let (source, remote): (Arc<dyn ImageSource>, Option<Arc<RegistrySource>>) =
+        match (args.source.strip_prefix("oci:"), fetcher) {
+            // An image layout on a plain HTTP server.
+            (Some(rest), Some(fetcher)) if rest.starts_with("http") => {
+                let (url, tag) = split_url_tag(rest);
+                let layout = open_http_layout(fetcher, url, tag.map(String::from))?;
+                (Arc::new(layout), None)
+            }
+            _ => match args.source.parse::<ImageRef>()? {
+                ImageRef::Registry { reference } => {
+                    let s = Arc::new(RegistrySource::open(
+                        &reference.parse()?,
+                        &args.registry.options()?,
+                    )?);
+                    (s.clone(), Some(s))
+                }
+                r => (Arc::from(oci::open_source(&r)?), None),
+            },
+        };
     let root = source.root()?;
     let manifest = match ImageNode::read(source.as_ref(), &root)? {
         ImageNode::Manifest(m) => m,
@@ -422,13 +448,18 @@ fn resolve_source(
         .as_deref()
         .map(str::parse::<Digest>)
         .transpose()?;
-    let source: Arc<dyn oci::ImageSource> = Arc::from(source);
     let mut out = Vec::new();
     for l in &manifest.layers {
         if wanted.is_some_and(|w| w != l.digest) {
             continue;
         }
-        let blob: SharedBlob = Arc::from(source.blob(l)?);
+        let blob: SharedBlob = match (&remote, fetcher) {
+            (Some(reg), Some(f)) => {
+                let (client, url) = reg.blob_location(&l.digest);
+                Arc::new(HttpBlob::with_auth(f, url.as_str(), l.size, client)?)
+            }
+            _ => Arc::from(source.blob(l)?),
+        };
         if blob.len() != l.size {
             bail!("layer {}: blob size differs from its descriptor", l.digest);
         }

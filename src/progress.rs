@@ -1,20 +1,27 @@
-//! Conversion progress on the terminal: one bar (bytes, layer n of m) and a summary line per layer.
+//! Conversion progress on the terminal: one bar for the conversion (bytes, layer n of m), one
+//! bar per blob while it is pulled from or pushed to a registry, and a summary line per layer.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lazypull_converter::convert::{LayerReport, Progress};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lazypull_converter::convert::{LayerReport, Progress, Transfer};
+use lazypull_converter::Digest;
 
-/// A progress bar on stderr when it is a terminal; summaries are printed either way.
+/// Progress bars on stderr when it is a terminal; summaries are printed either way.
 pub struct Bar {
+    multi: MultiProgress,
     bar: ProgressBar,
     drawn: bool,
     finished: AtomicUsize,
+    /// The bars of blobs being transferred.
+    transfers: Mutex<HashMap<(bool, Digest), ProgressBar>>,
 }
 
 impl Bar {
-    /// A bar, drawn only if `enabled` and stderr is a terminal.
+    /// Bars, drawn only if `enabled` and stderr is a terminal.
     pub fn new(enabled: bool) -> Self {
         let drawn = enabled && std::io::stderr().is_terminal();
         let target = if drawn {
@@ -22,7 +29,8 @@ impl Bar {
         } else {
             ProgressDrawTarget::hidden()
         };
-        let bar = ProgressBar::with_draw_target(Some(0), target);
+        let multi = MultiProgress::with_draw_target(target);
+        let bar = multi.add(ProgressBar::new(0));
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
@@ -30,15 +38,24 @@ impl Bar {
             .expect("static template is valid"),
         );
         Bar {
+            multi,
             bar,
             drawn,
             finished: AtomicUsize::new(0),
+            transfers: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Remove the bar.
+    /// Remove the bars.
     pub fn finish(&self) {
+        for (_, b) in self.lock().drain() {
+            b.finish_and_clear();
+        }
         self.bar.finish_and_clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(bool, Digest), ProgressBar>> {
+        self.transfers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -58,9 +75,37 @@ impl Progress for Bar {
             .set_message(format!("{finished} of {total} layers done"));
         // A hidden bar swallows println, so summaries go straight to stderr then.
         if self.drawn {
-            self.bar.println(report.summary_line(index, total));
+            let _ = self.multi.println(report.summary_line(index, total));
         } else {
             eprintln!("{}", report.summary_line(index, total));
         }
+    }
+
+    fn transfer(&self, kind: Transfer, digest: &Digest, size: u64, done: u64) {
+        if !self.drawn {
+            return;
+        }
+        let key = (kind == Transfer::Push, *digest);
+        let mut bars = self.lock();
+        if done >= size {
+            if let Some(b) = bars.remove(&key) {
+                b.finish_and_clear();
+            }
+            return;
+        }
+        let bar = bars.entry(key).or_insert_with(|| {
+            let b = self.multi.add(ProgressBar::new(size));
+            b.set_style(
+                ProgressStyle::with_template("  {prefix} {bar:30} {bytes}/{total_bytes}")
+                    .expect("static template is valid"),
+            );
+            let verb = match kind {
+                Transfer::Pull => "pull",
+                Transfer::Push => "push",
+            };
+            b.set_prefix(format!("{verb} {}", digest.short()));
+            b
+        });
+        bar.set_position(done);
     }
 }

@@ -15,7 +15,7 @@ use crate::util::{is_root, lazypull, lazypull_bin, skip_unless};
 use lazypull_fuse::serve::{RangeServer, Throttle};
 
 /// Why FUSE mounts cannot run here, if they cannot.
-fn fuse_support() -> Result<(), String> {
+pub(crate) fn fuse_support() -> Result<(), String> {
     if !is_root() {
         return Err("FUSE and overlay mounts need root".into());
     }
@@ -41,20 +41,31 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// A running `lazypull mount`; unmounted and reaped on drop, also when a test fails.
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
     mountpoint: PathBuf,
 }
 
 impl Served {
-    fn start_with(extra: &[&str], source: &str, mountpoint: &Path, cache: &Path) -> Served {
-        let child = Command::new(lazypull_bin())
-            .arg("mount")
+    pub(crate) fn start_with(
+        extra: &[&str],
+        source: &str,
+        mountpoint: &Path,
+        cache: &Path,
+    ) -> Served {
+        let mut cmd = Command::new(lazypull_bin());
+        cmd.arg("mount")
             .arg("--cache-dir")
             .arg(cache)
             .args(extra)
             .arg(source)
-            .arg(mountpoint)
+            .arg(mountpoint);
+        Served::spawn(cmd, mountpoint)
+    }
+
+    /// Run `cmd` (a `lazypull mount … MOUNTPOINT`) and wait until it has mounted.
+    pub(crate) fn spawn(mut cmd: Command, mountpoint: &Path) -> Served {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,7 +78,8 @@ impl Served {
         while !is_mounted(mountpoint) {
             assert!(
                 Instant::now() < deadline,
-                "{source} not mounted within 30 s"
+                "{} not mounted within 30 s",
+                mountpoint.display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -75,7 +87,7 @@ impl Served {
     }
 
     /// `lazypull umount`, then the server must exit on its own, successfully; its stderr.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let out = lazypull(&["umount".to_string(), self.mountpoint.display().to_string()]);
         assert!(
             out.status.success(),
@@ -150,7 +162,7 @@ fn layer_blob(out: &Path, layer: &serde_json::Value) -> PathBuf {
 }
 
 /// The JSON statistics report the server prints when it unmounts (its last stderr line).
-fn final_stats(stderr: &str) -> serde_json::Value {
+pub(crate) fn final_stats(stderr: &str) -> serde_json::Value {
     let line = stderr
         .lines()
         .rev()
@@ -175,8 +187,35 @@ fn sample_tars(image: &sample::SampleImage) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What a mount of the sample image must show: its layers applied in order (extracted under
+/// `dir`), and the paths the layers name explicitly.
+pub(crate) fn expected_tree(
+    image: &sample::SampleImage,
+    dir: &Path,
+) -> (crate::util::tree::Tree, BTreeSet<String>) {
+    let tars = sample_tars(image);
+    let refs: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+    extract_layers_merged(&refs, dir);
+    let explicit: BTreeSet<String> = refs
+        .iter()
+        .flat_map(|t| without_markers(&tar_names(t)))
+        .collect();
+    (without_dir_mtimes(snapshot(dir)), explicit)
+}
+
+/// Directory mtimes are not comparable: extracting a later layer into a directory bumps its
+/// mtime, and a layer that holds `a/b` without `a/` gets a synthesised `a` with mtime 0, which
+/// overlayfs shows above the lower layer's `a` (as every lazy snapshotter does).
+pub(crate) fn without_dir_mtimes(mut t: crate::util::tree::Tree) -> crate::util::tree::Tree {
+    for n in t.values_mut().filter(|n| n.kind == 'd') {
+        n.mtime = 0;
+        n.mtime_nsec = 0;
+    }
+    t
+}
+
 /// Read every file under `root` (what a workload touching everything does).
-fn read_everything(root: &Path) -> u64 {
+pub(crate) fn read_everything(root: &Path) -> u64 {
     let mut total = 0;
     for (path, node) in snapshot(root) {
         if node.kind == 'f' {
@@ -205,25 +244,7 @@ fn mount_image_matches_layers(format: &str) {
         String::from_utf8_lossy(&converted.stderr)
     );
 
-    let tars = sample_tars(&image);
-    let refs: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-    let want_dir = tmp.path().join("want");
-    extract_layers_merged(&refs, &want_dir);
-    // Directory mtimes are not comparable: extracting a later layer into a directory bumps its
-    // mtime, and a layer that holds `a/b` without `a/` gets a synthesised `a` with mtime 0,
-    // which overlayfs shows above the lower layer's `a` (as every lazy snapshotter does).
-    let without_dir_mtimes = |mut t: crate::util::tree::Tree| {
-        for n in t.values_mut().filter(|n| n.kind == 'd') {
-            n.mtime = 0;
-            n.mtime_nsec = 0;
-        }
-        t
-    };
-    let want = without_dir_mtimes(snapshot(&want_dir));
-    let explicit: BTreeSet<String> = refs
-        .iter()
-        .flat_map(|t| without_markers(&tar_names(t)))
-        .collect();
+    let (want, explicit) = expected_tree(&image, &tmp.path().join("want"));
 
     // The converted layout on a plain HTTP server, mounted from its URL.
     let server = RangeServer::start_dir(tmp.path().to_path_buf(), Throttle::default()).unwrap();
@@ -435,7 +456,7 @@ fn one_small_erofs_file_over_http_fetches_under_one_percent() {
 }
 
 /// Regular files under `root` with their sizes, from metadata only.
-fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
+pub(crate) fn walkdir_files(root: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -32,6 +32,11 @@ mod erofs;
 /// cache remounts, refusal without a trust anchor.
 mod mount;
 
+/// Registries (the real `docker-registry`: anonymous, htpasswd, token auth): convert registry →
+/// registry, read back by skopeo, lazy mounts from the registry, docker config and credential
+/// helpers, refused credentials, a registry that stops mid-push.
+mod registry;
+
 /// The command line: help texts and `lazypull demo`.
 mod cli;
 

@@ -2,8 +2,9 @@
 //!
 //! Data flows one way:
 //!
-//! 1. An [`oci::ImageSource`] (an OCI layout, a `docker save` tarball or an OCI archive) yields an
-//!    image's index, manifests, configs and layer blobs, each read through [`BlobRead`].
+//! 1. An [`oci::ImageSource`] (an OCI layout, a `docker save` tarball, an OCI archive or a
+//!    registry, see `registry`) yields an image's index, manifests, configs and layer blobs,
+//!    each read through [`BlobRead`].
 //! 2. [`layer::Layer::ingest`] decompresses a layer blob (tar, gzip, zstd), checks it and spools its
 //!    file contents to a temporary file, giving a list of [`layer::LayerEntry`].
 //! 3. [`estargz::EstargzWriter`] lays the entries out as an eStargz (or zstd:chunked) blob, with the
@@ -32,6 +33,8 @@ pub mod error;
 pub mod estargz;
 pub mod layer;
 pub mod oci;
+#[cfg(feature = "registry")]
+pub mod registry;
 #[cfg(feature = "write")]
 pub mod sample;
 

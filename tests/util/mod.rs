@@ -5,6 +5,7 @@
 
 pub mod erofs;
 pub mod gohelper;
+pub mod registry;
 pub mod tarbuild;
 pub mod toc;
 pub mod tree;

@@ -23,8 +23,9 @@ use crate::error::{Error, Result, ResultExt};
 use crate::estargz::BlobFormat;
 use crate::oci::{
     self, media, media::LayerMediaType, Descriptor, ImageRef, ImageSource, Index, LayoutDest,
-    Manifest, PlatformFilter,
+    LayoutSource, Manifest, PlatformFilter,
 };
+use crate::registry::{self, PushProgress, Reference, RegistryOptions};
 
 /// The layer format a conversion produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +107,8 @@ pub struct ConvertOptions {
     pub threads: Option<usize>,
     /// Only this platform (`os/arch[/variant]`).
     pub platform: Option<String>,
+    /// How registry sources and destinations are reached.
+    pub registry: RegistryOptions,
 }
 
 impl Default for ConvertOptions {
@@ -117,6 +120,7 @@ impl Default for ConvertOptions {
             prefetch: None,
             threads: None,
             platform: None,
+            registry: RegistryOptions::default(),
         }
     }
 }
@@ -130,6 +134,18 @@ pub trait Progress: Sync {
     fn bytes(&self, _n: u64) {}
     /// Layer `index` (counting from 0 over every manifest's layers, in image order) finished.
     fn layer_done(&self, _index: usize, _total: usize, _report: &LayerReport) {}
+    /// A blob transfer from or to a registry reached `done` of `size` bytes (it starts at 0,
+    /// starts over at 0 after a failure, and is complete at `size`).
+    fn transfer(&self, _kind: Transfer, _digest: &Digest, _size: u64, _done: u64) {}
+}
+
+/// Which way a blob goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// Downloaded from a registry source.
+    Pull,
+    /// Uploaded to a registry destination.
+    Push,
 }
 
 /// Progress that goes nowhere.
@@ -150,7 +166,11 @@ pub trait BlobOut: std::io::Write {
     fn finish(self: Box<Self>) -> Result<(Digest, u64)>;
 }
 
-/// Convert the image `src` into `dst` (both transport references such as `oci:DIR:TAG`).
+/// Convert the image `src` into `dst` (both transport references such as `oci:DIR:TAG` or
+/// `docker://HOST/REPO:TAG`).
+///
+/// A registry destination is written as a layout in a temporary directory first and pushed
+/// from there once the whole conversion has succeeded: blobs, manifests, and the tag last.
 pub fn convert(
     src: &str,
     dst: &str,
@@ -160,19 +180,34 @@ pub fn convert(
     let started = Instant::now();
     let src_ref: ImageRef = src.parse()?;
     let dst_ref: ImageRef = dst.parse()?;
-    let source = oci::open_source(&src_ref)?;
-    let (dir, tag) = match &dst_ref {
-        ImageRef::Layout { dir, tag } => (dir.clone(), tag.clone()),
+    // Refuse a bad destination before pulling anything.
+    let push_to: Option<Reference> = match &dst_ref {
+        ImageRef::Registry { reference } => Some(reference.parse()?),
+        ImageRef::Layout { .. } => None,
         other => {
             return Err(Error::Unsupported(format!(
-                "destination {other}: only oci:DIR[:TAG] destinations are supported"
+                "destination {other}: only oci:DIR[:TAG] and registry destinations are supported"
             )))
         }
     };
-    let tag = tag
-        .or_else(|| source_tag(&src_ref))
-        .unwrap_or_else(|| "latest".into());
-    let dest = LayoutDest::create(&dir, Some(tag))?;
+    let source = oci::open_source_with(&src_ref, &opts.registry)?;
+    let staging;
+    let (dir, tag) = match &dst_ref {
+        ImageRef::Layout { dir, tag } => (
+            dir.clone(),
+            tag.clone()
+                .or_else(|| source_tag(&src_ref))
+                .unwrap_or_else(|| "latest".into()),
+        ),
+        _ => {
+            staging = tempfile::Builder::new()
+                .prefix("lazypull-push-")
+                .tempdir()
+                .map_err(|e| Error::io("create a staging directory for the push", e))?;
+            (staging.path().join("image"), "push".to_string())
+        }
+    };
+    let dest = LayoutDest::create(&dir, Some(tag.clone()))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.unwrap_or(0))
         .build()
@@ -183,6 +218,30 @@ pub fn convert(
         .with_context(|| format!("image {image}"))?;
     dest.commit(root.clone())
         .with_context(|| format!("writing {dst}"))?;
+    let push = match &push_to {
+        Some(target) => {
+            let layout = LayoutSource::open_dir(&dir, Some(tag))?;
+            let mount_from = match &src_ref {
+                ImageRef::Registry { reference } => reference
+                    .parse::<Reference>()
+                    .ok()
+                    .filter(|s| s.api_host() == target.api_host())
+                    .map(|s| s.repository),
+                _ => None,
+            };
+            let report = registry::push_image(
+                &layout,
+                &root,
+                target,
+                mount_from.as_deref(),
+                &opts.registry,
+                &ProgressPush(progress),
+            )
+            .with_context(|| format!("pushing to {dst}"))?;
+            Some(report)
+        }
+        None => None,
+    };
     Ok(ConvertReport {
         source: src.to_string(),
         destination: dst.to_string(),
@@ -193,8 +252,18 @@ pub fn convert(
             size: root.size,
         },
         manifests,
+        push,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Push progress reported through the conversion's [`Progress`].
+struct ProgressPush<'a>(&'a dyn Progress);
+
+impl PushProgress for ProgressPush<'_> {
+    fn blob(&self, digest: &Digest, size: u64, done: u64) {
+        self.0.transfer(Transfer::Push, digest, size, done);
+    }
 }
 
 /// A manifest to convert, with the platform its index gave it.
@@ -328,7 +397,8 @@ fn convert_manifest(
         .zip(diff_ids.par_iter())
         .enumerate()
         .map(|(i, (l, diff_id))| {
-            let blob = source.blob(l)?;
+            let report = |done| progress.transfer(Transfer::Pull, &l.digest, l.size, done);
+            let blob = source.blob_with_progress(l, &report)?;
             let out = if l.media_type == erofs_format::MEDIA_TYPE_EROFS
                 || l.media_type == erofs_format::MEDIA_TYPE_EROFS_ZSTD
             {
@@ -402,6 +472,7 @@ fn convert_manifest(
 /// The tag a source reference names, kept for the destination when it names none.
 fn source_tag(r: &ImageRef) -> Option<String> {
     match r {
+        ImageRef::Registry { reference } => reference.parse::<Reference>().ok()?.tag,
         ImageRef::Layout { tag, .. } | ImageRef::OciArchive { tag, .. } => tag.clone(),
         ImageRef::DockerArchive {
             selector: Some(oci::ArchiveSelector::RepoTag(rt)),

@@ -13,6 +13,9 @@ pub struct ConvertReport {
     pub format: String,
     pub root: DescriptorReport,
     pub manifests: Vec<ManifestReport>,
+    /// What pushing to a registry destination did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::registry::PushReport>,
     pub seconds: f64,
 }
 

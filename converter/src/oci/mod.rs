@@ -43,7 +43,13 @@ pub use descriptor::{Descriptor, Platform};
 pub use dest::{BlobWriter, LayoutDest, WrittenBlob};
 pub use image::{ImageNode, Index, Manifest, PlatformFilter};
 pub use layout::{LayoutFiles, LayoutSource};
+#[cfg(feature = "registry")]
+pub(crate) use reference::is_tag;
 pub use reference::{ArchiveSelector, ImageRef};
+#[cfg(feature = "registry")]
+pub(crate) use source::check_json_size;
+#[cfg(feature = "registry")]
+pub use source::open_source_with;
 pub use source::{open_source, ImageSource, MAX_JSON_BLOB};
 
 /// The annotation naming a manifest's tag in an OCI layout's `index.json`.

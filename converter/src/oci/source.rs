@@ -28,6 +28,17 @@ pub trait ImageSource: Send + Sync {
     /// digest is not (that needs a full read): whoever streams it through must compare.
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>>;
 
+    /// Like [`ImageSource::blob`], telling `progress` how many bytes have arrived when the
+    /// source has to download the blob first (a registry); local sources never call it.
+    fn blob_with_progress(
+        &self,
+        desc: &Descriptor,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn BlobRead>> {
+        let _ = progress;
+        self.blob(desc)
+    }
+
     /// A small blob (manifest, index, config) read whole; its size and digest are verified and
     /// blobs larger than [`MAX_JSON_BLOB`] are refused.
     fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
@@ -38,8 +49,30 @@ pub trait ImageSource: Send + Sync {
     }
 }
 
-/// Open the source `r` names. Registries are not supported yet.
+/// Open the source `r` names, with default registry options (see [`open_source_with`]).
 pub fn open_source(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
+    #[cfg(feature = "registry")]
+    return open_source_with(r, &crate::registry::RegistryOptions::default());
+    #[cfg(not(feature = "registry"))]
+    open_source_inner(r)
+}
+
+/// Open the source `r` names; a registry is reached with `opts`.
+#[cfg(feature = "registry")]
+pub fn open_source_with(
+    r: &ImageRef,
+    opts: &crate::registry::RegistryOptions,
+) -> Result<Box<dyn ImageSource>> {
+    if let ImageRef::Registry { reference } = r {
+        let parsed: crate::registry::Reference = reference.parse()?;
+        return Ok(Box::new(crate::registry::RegistrySource::open(
+            &parsed, opts,
+        )?));
+    }
+    open_source_inner(r)
+}
+
+fn open_source_inner(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
     match r {
         ImageRef::Layout { dir, tag } => Ok(Box::new(LayoutSource::open_dir(dir, tag.clone())?)),
         #[cfg(feature = "write")]
@@ -56,7 +89,7 @@ pub fn open_source(r: &ImageRef) -> Result<Box<dyn ImageSource>> {
             format!("{r}: reading archives needs lazypull-converter's `write` feature"),
         )),
         ImageRef::Registry { reference } => Err(Error::Unsupported(format!(
-            "registries are not supported yet: {reference}"
+            "{reference}: reading registries needs lazypull-converter's `registry` feature"
         ))),
     }
 }

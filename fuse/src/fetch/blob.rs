@@ -31,7 +31,7 @@ impl HttpBlob {
     /// Opens `url`, learning its size by `HEAD`, or by `GET Range: bytes=0-0` when `HEAD` is
     /// refused or tells no size.
     pub fn open(fetcher: &RangeFetcher, url: &str) -> Result<Self> {
-        let remote = Arc::new(Remote::new(parse_url(url)?));
+        let remote = Arc::new(Remote::new(parse_url(url)?, None));
         let net = fetcher.net();
         let desc = || RequestDesc::new("HEAD", &remote.url, None);
         let head = fetcher.block_on(
@@ -58,14 +58,29 @@ impl HttpBlob {
     pub fn with_size(fetcher: &RangeFetcher, url: &str, size: u64) -> Result<Self> {
         Ok(HttpBlob {
             fetcher: fetcher.clone(),
-            remote: Arc::new(Remote::new(parse_url(url)?)),
+            remote: Arc::new(Remote::new(parse_url(url)?, None)),
+            size,
+        })
+    }
+
+    /// A registry blob of known size (from its descriptor), its requests authorised by `auth`
+    /// (a 401 re-authenticates once, then retries).
+    pub fn with_auth(
+        fetcher: &RangeFetcher,
+        url: &str,
+        size: u64,
+        auth: Arc<dyn super::RequestAuth>,
+    ) -> Result<Self> {
+        Ok(HttpBlob {
+            fetcher: fetcher.clone(),
+            remote: Arc::new(Remote::new(parse_url(url)?, Some(auth))),
             size,
         })
     }
 
     /// A whole small file (an image index, a manifest) by one plain `GET`, at most `max` bytes.
     pub fn fetch_whole(fetcher: &RangeFetcher, url: &str, max: u64) -> Result<Vec<u8>> {
-        let remote = Remote::new(parse_url(url)?);
+        let remote = Remote::new(parse_url(url)?, None);
         let net = fetcher.net();
         let desc = || RequestDesc::new("GET", &remote.url, None);
         fetcher.block_on(

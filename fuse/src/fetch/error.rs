@@ -93,6 +93,9 @@ pub enum FetchErrorKind {
     /// A URL that does not parse or is not http(s).
     #[error("invalid URL: {0}")]
     Url(String),
+    /// Authenticating to the server failed (a token could not be had, credentials refused).
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// A blocking read called from a thread that is driving an async runtime.
     #[error("blocking fetch called from inside an async runtime")]
     InsideRuntime,
@@ -106,6 +109,7 @@ impl FetchErrorKind {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => io::ErrorKind::PermissionDenied,
                 _ => io::ErrorKind::Other,
             },
+            FetchErrorKind::Auth(_) => io::ErrorKind::PermissionDenied,
             FetchErrorKind::Timeout { .. } => io::ErrorKind::TimedOut,
             FetchErrorKind::Transport { .. } => io::ErrorKind::ConnectionAborted,
             FetchErrorKind::BodyLength { .. } => io::ErrorKind::UnexpectedEof,

@@ -50,6 +50,7 @@ impl RangeFetcher {
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            .danger_accept_invalid_certs(opts.accept_invalid_certs)
             .user_agent(concat!("lazypull/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Unsupported(format!("HTTP client: {e}")))?;

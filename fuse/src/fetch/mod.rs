@@ -10,6 +10,7 @@
 //!                                        │                                  │
 //!                                 cached redirect target        timeout per attempt, backoff,
 //!                                 (re-resolved on 403/404)      Retry-After, body length check
+//!                                 Authorization (RequestAuth)   401 → re-authenticate once
 //! ```
 //!
 //! Every failure names the request ("GET https://host/v2/…/blobs/sha256:… bytes=100-199: 503
@@ -28,6 +29,7 @@
 //! # Ok::<(), lazypull_converter::Error>(())
 //! ```
 
+mod auth;
 mod blob;
 mod error;
 mod fetcher;
@@ -38,6 +40,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
+pub use auth::RequestAuth;
 pub use blob::HttpBlob;
 pub use error::{redact, FetchError, FetchErrorKind, RequestDesc};
 pub use fetcher::RangeFetcher;

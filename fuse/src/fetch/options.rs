@@ -22,6 +22,8 @@ pub struct FetchOptions {
     /// Ranges of one [`read_ranges`](super::HttpBlob::read_ranges) call at most this far apart
     /// are fetched by one request (the gap is downloaded and dropped).
     pub coalesce_gap: u64,
+    /// Accept any TLS certificate (`--insecure`).
+    pub accept_invalid_certs: bool,
 }
 
 impl Default for FetchOptions {
@@ -33,6 +35,7 @@ impl Default for FetchOptions {
             backoff_cap: Duration::from_secs(5),
             connections: 8,
             coalesce_gap: 64 << 10,
+            accept_invalid_certs: false,
         }
     }
 }

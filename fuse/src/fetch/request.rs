@@ -6,9 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE, RETRY_AFTER};
+use std::sync::Arc;
+
+use reqwest::header::{
+    HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 
+use super::auth::RequestAuth;
 use super::error::{FetchError, FetchErrorKind, RequestDesc};
 use super::fetcher::Net;
 use super::options::Counters;
@@ -18,22 +24,52 @@ use super::range::{ContentRange, Span};
 const MAX_REDIRECTS: usize = 5;
 
 /// A remote blob's addresses: the URL it was opened with and where that last redirected to.
-#[derive(Debug)]
 pub(crate) struct Remote {
     pub url: Url,
     /// The final URL of the last redirect chain, asked directly until it stops working.
     location: RwLock<Option<Url>>,
     /// Set once the server answered a range request with the whole body.
     ignores_ranges: AtomicBool,
+    /// Authorisation for requests to `url`'s origin (a registry).
+    auth: Option<Arc<dyn RequestAuth>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &super::error::redact(&self.url))
+            .field("authenticated", &self.auth.is_some())
+            .finish()
+    }
 }
 
 impl Remote {
-    pub fn new(url: Url) -> Self {
+    pub fn new(url: Url, auth: Option<Arc<dyn RequestAuth>>) -> Self {
         Remote {
             url,
             location: RwLock::new(None),
             ignores_ranges: AtomicBool::new(false),
+            auth,
         }
+    }
+
+    /// The `Authorization` for a request to `url`: only to the blob's own origin.
+    async fn authorization(&self, url: &Url) -> Result<Option<String>, Failure> {
+        let Some(auth) = self.auth.clone() else {
+            return Ok(None);
+        };
+        if url.origin() != self.url.origin() {
+            return Ok(None);
+        }
+        blocking(move || auth.authorization()).await
+    }
+
+    /// Answer a 401 of the origin: new credentials, or a failure saying why not.
+    async fn reauthenticate(&self, challenge: Option<String>) -> Result<(), Failure> {
+        let Some(auth) = self.auth.clone() else {
+            return Err(Failure::Refused(StatusCode::UNAUTHORIZED));
+        };
+        blocking(move || auth.reauthenticate(challenge.as_deref())).await
     }
 
     pub fn ignores_ranges(&self) -> bool {
@@ -70,6 +106,8 @@ pub(crate) enum Failure {
     Stale(StatusCode),
     /// A status retrying cannot change.
     Refused(StatusCode),
+    /// 401 from the origin, with its `WWW-Authenticate`: re-authenticate, then try again.
+    Unauthorized(Option<String>),
     /// Anything else retrying cannot change.
     Fatal(FetchErrorKind),
 }
@@ -143,6 +181,7 @@ where
     };
     let mut retries = 0;
     let mut resolved_again = false;
+    let mut reauthenticated = false;
     loop {
         let (start, cached) = remote.target();
         let outcome = {
@@ -162,6 +201,21 @@ where
                 resolved_again = true;
                 continue;
             }
+            Err(Failure::Unauthorized(challenge)) if !reauthenticated => {
+                reauthenticated = true;
+                match remote.reauthenticate(challenge).await {
+                    Ok(()) => continue,
+                    Err(Failure::Fatal(kind)) => return Err(fail(kind)),
+                    Err(_) => {
+                        let status = StatusCode::UNAUTHORIZED;
+                        return Err(fail(FetchErrorKind::Status { status, retries }));
+                    }
+                }
+            }
+            Err(Failure::Unauthorized(_)) => {
+                let status = StatusCode::UNAUTHORIZED;
+                return Err(fail(FetchErrorKind::Status { status, retries }));
+            }
             Err(Failure::Stale(status) | Failure::Refused(status)) => {
                 return Err(fail(FetchErrorKind::Status { status, retries }))
             }
@@ -180,9 +234,23 @@ where
     }
 }
 
+/// Runs a blocking authentication call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> lazypull_converter::Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Fatal(FetchErrorKind::Auth(e.to_string()))),
+        Err(e) => Err(Failure::Fatal(FetchErrorKind::Auth(format!(
+            "authentication task failed: {e}"
+        )))),
+    }
+}
+
 /// Sends one request from `start`, following redirects; the final response and its URL.
 async fn send(
     net: &Net,
+    remote: &Remote,
     method: Method,
     start: Url,
     range: Option<(u64, u64)>,
@@ -193,9 +261,20 @@ async fn send(
         if let Some((first, last)) = range {
             request = request.header(RANGE, format!("bytes={first}-{last}"));
         }
+        if let Some(value) = remote.authorization(&url).await? {
+            request = request.header(AUTHORIZATION, value);
+        }
         Counters::add(&net.counters.requests, 1);
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED && remote.auth.is_some() {
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Err(Failure::Unauthorized(challenge));
+        }
         if !status.is_redirection() || status == StatusCode::NOT_MODIFIED {
             return Ok((response, url));
         }
@@ -277,7 +356,8 @@ pub(crate) async fn get_span(
     span: Span,
 ) -> Result<Vec<u8>, Failure> {
     let (first, last) = span.inclusive().expect("callers skip empty spans");
-    let (mut response, last_url) = send(net, Method::GET, start, Some((first, last))).await?;
+    let (mut response, last_url) =
+        send(net, remote, Method::GET, start, Some((first, last))).await?;
     let status = response.status();
     let want = span.len();
     let skip = match status {
@@ -369,7 +449,7 @@ pub(crate) async fn get_whole(
     cached: bool,
     max: u64,
 ) -> Result<Vec<u8>, Failure> {
-    let (mut response, last_url) = send(net, Method::GET, start, None).await?;
+    let (mut response, last_url) = send(net, remote, Method::GET, start, None).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(classify(status, response.headers(), cached));
@@ -408,7 +488,7 @@ pub(crate) async fn head_size(
     start: Url,
     cached: bool,
 ) -> Result<Option<u64>, Failure> {
-    let (response, last_url) = send(net, Method::HEAD, start, None).await?;
+    let (response, last_url) = send(net, remote, Method::HEAD, start, None).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(classify(status, response.headers(), cached));
@@ -425,7 +505,7 @@ pub(crate) async fn probe_size(
     start: Url,
     cached: bool,
 ) -> Result<u64, Failure> {
-    let (response, last_url) = send(net, Method::GET, start, Some((0, 0))).await?;
+    let (response, last_url) = send(net, remote, Method::GET, start, Some((0, 0))).await?;
     let headers = response.headers();
     let no_size = |why: &str| Failure::Fatal(FetchErrorKind::NoSize(why.to_string()));
     let size = match response.status() {

@@ -372,3 +372,47 @@ fn bad_urls_are_refused() {
     assert!(HttpBlob::with_size(&fetcher, "ftp://127.0.0.1/x", 1).is_err());
     assert!(HttpBlob::with_size(&fetcher, "not a url", 1).is_err());
 }
+
+/// Counts what the fetcher asks of a blob's authentication.
+#[derive(Default)]
+struct CountingAuth {
+    headers: std::sync::atomic::AtomicU64,
+    renewals: std::sync::atomic::AtomicU64,
+}
+
+impl super::RequestAuth for CountingAuth {
+    fn authorization(&self) -> lazypull_converter::Result<Option<String>> {
+        self.headers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some("Bearer t".into()))
+    }
+    fn reauthenticate(&self, _challenge: Option<&str>) -> lazypull_converter::Result<()> {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_401_re_authenticates_once_then_fails() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (server, fetcher, data) = setup(quick());
+    let auth = std::sync::Arc::new(CountingAuth::default());
+    let blob =
+        HttpBlob::with_auth(&fetcher, &server.url("/blob"), SIZE as u64, auth.clone()).unwrap();
+    // One 401: new credentials, the read goes through without counting as a retry.
+    server.push(&[Fault::Status(401)]);
+    assert_eq!(blob.read_vec(0, 10).unwrap(), data[..10]);
+    assert_eq!(auth.renewals.load(Relaxed), 1);
+    assert_eq!(fetcher.stats().retries, 0);
+    assert!(auth.headers.load(Relaxed) >= 2);
+    // 401 again after renewing: refused, with the status, at once.
+    server.push(&[Fault::Status(401), Fault::Status(401)]);
+    let err = blob.read_vec(0, 10).unwrap_err();
+    assert_eq!(io_kind(&err), io::ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(auth.renewals.load(Relaxed), 2);
+    // Without authentication a 401 is an ordinary refusal.
+    let plain = HttpBlob::with_size(&fetcher, &server.url("/blob"), SIZE as u64).unwrap();
+    server.push(&[Fault::Status(401)]);
+    assert!(plain.read_vec(0, 10).is_err());
+}
