@@ -123,12 +123,21 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// When a test failed: detach the mountpoint so that the server exits and unmounts its
+    /// layers itself; kill it (leaving nothing it could clean) only if it does not.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("umount")
                 .arg("-l")
                 .arg(&self.mountpoint)
                 .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
