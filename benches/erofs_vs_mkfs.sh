@@ -101,18 +101,4 @@ uncompressed tar bytes per second of wall time. Targets: lazypull time ≤ 2× z
 |---|---|---|---|---|---|---|---|
 $row
 "
-python3 - "$root/docs/benchmarks.md" "$table" <<'EOF'
-import sys, re
-path, table = sys.argv[1], sys.argv[2]
-text = open(path).read()
-begin, end = "<!-- erofs-convert:begin -->", "<!-- erofs-convert:end -->"
-new = begin + "\n" + table + end
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: new, text, flags=re.S)
-else:
-    text = (text.rstrip("\n") + "\n\n## EROFS conversion: lazypull vs untar + mkfs.erofs + zstd\n\n"
-            "Rerun: `sudo benches/erofs_vs_mkfs.sh` (needs erofs-utils and zstd, installed by "
-            "`scripts/test.sh`).\n\n" + new + "\n")
-open(path, "w").write(text)
-EOF
-echo "updated docs/benchmarks.md" >&2
+replace_between_markers "$root/docs/benchmarks.md" erofs-convert "$table"

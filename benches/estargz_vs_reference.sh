@@ -63,13 +63,4 @@ machine: $(nproc) cores; $(date -u +%Y-%m-%d). Throughput is uncompressed input 
 | level | lazypull | reference \`estargz.Build\` | \`pigz -p2\` | lazypull vs reference | lazypull time / pigz time | lazypull size | reference size | size vs reference |
 |---|---|---|---|---|---|---|---|---|
 $rows"
-python3 - "$root/docs/benchmarks.md" "$table" <<'EOF'
-import sys, re
-path, table = sys.argv[1], sys.argv[2]
-text = open(path).read()
-begin, end = "<!-- estargz-convert:begin -->", "<!-- estargz-convert:end -->"
-new = begin + "\n" + table + end
-text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: new, text, flags=re.S) if begin in text else text + "\n" + new + "\n"
-open(path, "w").write(text)
-EOF
-echo "updated docs/benchmarks.md" >&2
+replace_between_markers "$root/docs/benchmarks.md" estargz-convert "$table"
