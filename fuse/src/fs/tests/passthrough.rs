@@ -324,3 +324,92 @@ fn a_tampered_chunk_reads_eio_and_is_never_materialised() {
         assert_eq!(pass.stats().files, 3);
     }
 }
+
+/// The kernel fails with EIO an open through a backing file while the inode is open through
+/// the layer (and the reverse): an open while a cached one is outstanding stays cached, and
+/// once none is, opens pass through, also while another passthrough open is outstanding.
+#[test]
+fn opens_never_mix_cached_and_passthrough_modes() {
+    if !can_mount() {
+        return;
+    }
+    let want = files();
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert(&layer_tar(), Format::Estargz, tmp.path(), "modes");
+    let cache =
+        Arc::new(ChunkCache::open(CacheOptions::new(tmp.path().join("c"), 1 << 30)).unwrap());
+    let pass = Passthrough::new(&tmp.path().join("materialised"), DEFAULT_BUDGET).unwrap();
+    let m = PassMount::new(open_cached(&blob, &cache), &pass);
+    let read = |f: &mut std::fs::File| {
+        let mut got = Vec::new();
+        std::io::Seek::rewind(f).unwrap();
+        std::io::Read::read_to_end(f, &mut got).unwrap();
+        got
+    };
+    let mut cached = std::fs::File::open(m.path("big")).unwrap();
+    assert_eq!(read(&mut cached), want[0].1);
+    wait_for("the materialised file", || pass.stats().files == 1);
+    // Still open through the layer: the next open must be too.
+    let mut second = std::fs::File::open(m.path("big")).unwrap();
+    assert_eq!(pass.stats().opens, 0);
+    assert_eq!(read(&mut second), want[0].1);
+    drop((cached, second));
+    // Releases reach the server after close returns.
+    wait_for("a passthrough open", || {
+        drop(std::fs::File::open(m.path("big")).unwrap());
+        pass.stats().opens > 0
+    });
+    let mut p1 = std::fs::File::open(m.path("big")).unwrap();
+    let mut p2 = std::fs::File::open(m.path("big")).unwrap();
+    let opens = pass.stats().opens;
+    assert!(opens >= 3, "{opens}");
+    assert_eq!(read(&mut p1), want[0].1);
+    assert_eq!(read(&mut p2), want[0].1);
+}
+
+/// overlayfs stacks on a layer served with passthrough (it takes one of the kernel's two
+/// stacking levels) and reads its files through it.
+#[test]
+fn overlay_stacks_on_a_passthrough_mount() {
+    if !can_mount() {
+        return;
+    }
+    let want = files();
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert(&layer_tar(), Format::Erofs, tmp.path(), "stack");
+    let cache =
+        Arc::new(ChunkCache::open(CacheOptions::new(tmp.path().join("c"), 1 << 30)).unwrap());
+    let pass = Passthrough::new(&tmp.path().join("materialised"), DEFAULT_BUDGET).unwrap();
+    let m = PassMount::new(open_cached(&blob, &cache), &pass);
+    assert_eq!(std::fs::read(m.path("big")).unwrap(), want[0].1);
+    wait_for("the materialised file", || pass.stats().files == 1);
+    let (upper, work, merged) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            m.dir.path().display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -t overlay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop_page_cache();
+    let got = std::fs::read(merged.join("big"));
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    assert_eq!(got.unwrap(), want[0].1);
+    assert!(pass.stats().opens >= 1, "{:?}", pass.stats());
+}
