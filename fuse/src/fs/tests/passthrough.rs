@@ -413,3 +413,60 @@ fn overlay_stacks_on_a_passthrough_mount() {
     assert_eq!(got.unwrap(), want[0].1);
     assert!(pass.stats().opens >= 1, "{:?}", pass.stats());
 }
+
+/// A backing file the kernel refuses (here: on overlayfs, past the stacking depth a
+/// passthrough mount allows) turns passthrough off for the mount; reads go on through the
+/// layer, unchanged.
+#[test]
+fn a_refused_backing_file_falls_back_to_the_layer() {
+    if !can_mount() {
+        return;
+    }
+    let want = files();
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert(&layer_tar(), Format::Erofs, tmp.path(), "refused");
+    let cache =
+        Arc::new(ChunkCache::open(CacheOptions::new(tmp.path().join("c"), 1 << 30)).unwrap());
+    let dirs = ["lower", "upper", "work", "ovl"].map(|d| tmp.path().join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            dirs[0].display(),
+            dirs[1].display(),
+            dirs[2].display()
+        ))
+        .arg(&dirs[3])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _ovl = Unmount(&dirs[3]);
+    let pass = Passthrough::new(&dirs[3].join("materialised"), DEFAULT_BUDGET).unwrap();
+    let m = PassMount::new(open_cached(&blob, &cache), &pass);
+    assert_eq!(std::fs::read(m.path("big")).unwrap(), want[0].1);
+    wait_for("the materialised file", || pass.stats().files == 1);
+    drop_page_cache();
+    for _ in 0..2 {
+        assert_eq!(std::fs::read(m.path("big")).unwrap(), want[0].1);
+    }
+    let s = pass.stats();
+    assert!(s.refused && s.opens == 0, "{s:?}");
+    // Nothing more is materialised once refused.
+    assert_eq!(std::fs::read(m.path("other")).unwrap(), want[1].1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(pass.stats().files, 1);
+    m.unmount();
+}
