@@ -199,6 +199,20 @@ struct MountCmd {
     /// Example: --read-ahead 262144
     #[arg(long, default_value_t = 0)]
     read_ahead: u64,
+    /// Serve every read through lazypull: no FUSE passthrough. By default a file read to its
+    /// end is copied, from verified bytes, beside the cache for the life of the mount, and the
+    /// kernel reads it directly on later opens.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// The most bytes copied for passthrough per mount.
+    ///
+    /// Example: --passthrough-size 268435456 (default 1 GiB)
+    #[arg(long, default_value_t = lazypull_fuse::fs::DEFAULT_BUDGET)]
+    passthrough_size: u64,
+    /// Passthrough also for an image of several layers. The merged overlay is then at the
+    /// kernel's stacking limit: no other overlayfs can use it as a lower layer.
+    #[arg(long)]
+    stacked_passthrough: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -326,6 +340,9 @@ fn main() -> ExitCode {
             fetch_timeout: std::time::Duration::from_secs(m.fetch_timeout),
             fetch_retries: m.fetch_retries,
             readahead: m.read_ahead,
+            passthrough: !m.no_passthrough,
+            passthrough_size: m.passthrough_size,
+            stacked_passthrough: m.stacked_passthrough,
             registry: m.registry,
         }),
         Command::Umount { mountpoint } => lazypull::run_umount(&mountpoint),

@@ -14,7 +14,7 @@ use lazypull_converter::{BlobRead, Digest, FileBlob};
 use lazypull_fuse::background::{BackgroundFetch, BackgroundOptions, LayerProgress};
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{open_http_layout, split_url_tag, FetchOptions, HttpBlob, RangeFetcher};
-use lazypull_fuse::fs::AccessRecorder;
+use lazypull_fuse::fs::{AccessRecorder, Passthrough};
 use lazypull_fuse::layer::{open_layer, LayerHints, OpenedLayer, SharedBlob};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
 
@@ -43,6 +43,13 @@ pub struct MountArgs {
     pub fetch_retries: u32,
     /// Bytes fetched after a small eStargz read that misses, for the reads that follow.
     pub readahead: u64,
+    /// Serve files read in full through FUSE passthrough (materialised beside the cache).
+    pub passthrough: bool,
+    /// Bound on the bytes materialised for passthrough.
+    pub passthrough_size: u64,
+    /// Passthrough for an image of several layers too, although the merged mount is then at the
+    /// kernel's stacking limit (no overlayfs can take it as a lower layer).
+    pub stacked_passthrough: bool,
     /// How a registry SOURCE is reached.
     pub registry: crate::RegistryArgs,
 }
@@ -190,6 +197,24 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     clear_stale_mount(&args.mountpoint);
 
     let mut opts = MountOptions::default();
+    let passthrough = if args.passthrough {
+        // Also when it will not be used below: this removes what dead mounts left.
+        Passthrough::new(&cache_dir.join("materialised"), args.passthrough_size)
+            .map_err(|e| tracing::warn!("serving without passthrough: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    // FUSE with passthrough is one stacking level deep; our overlay on top makes two, the
+    // kernel's limit, and a container's overlay on that would fail to mount.
+    if layers.len() == 1 || args.stacked_passthrough {
+        opts.passthrough = passthrough.clone();
+    } else if passthrough.is_some() {
+        tracing::info!(
+            "{} layers stacked by overlayfs: no passthrough (--stacked-passthrough)",
+            layers.len()
+        );
+    }
     if let Some(path) = &args.record {
         let recorder = AccessRecorder::create(path)
             .with_context(|| format!("creating the record file {}", path.display()))?;
@@ -231,7 +256,14 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .context("installing the SIGUSR1 handler")?;
     let stats_file = cache_dir.join("stats.json");
     let report = |final_report: bool| -> String {
-        let json = stats_json(&args, &cache, fetcher.as_ref(), &progress, final_report);
+        let json = stats_json(
+            &args,
+            &cache,
+            fetcher.as_ref(),
+            opts.passthrough.as_deref(),
+            &progress,
+            final_report,
+        );
         // Written beside the cache, replaced atomically, for monitoring while mounted.
         let tmp = stats_file.with_extension("json.tmp");
         if std::fs::write(&tmp, &json)
@@ -322,6 +354,7 @@ fn stats_json(
     args: &MountArgs,
     cache: &ChunkCache,
     fetcher: Option<&RangeFetcher>,
+    passthrough: Option<&Passthrough>,
     layers: &[Arc<LayerProgress>],
     unmounted: bool,
 ) -> String {
@@ -330,6 +363,14 @@ fn stats_json(
         let s = f.stats();
         serde_json::json!({
             "requests": s.requests, "bytes": s.bytes, "retries": s.retries, "failures": s.failures,
+        })
+    });
+    let passthrough = passthrough.map(|p| {
+        let s = p.stats();
+        serde_json::json!({
+            "opens": s.opens, "files": s.files, "bytes": s.bytes, "budget": s.budget,
+            "overBudget": s.over_budget, "leftoversRemoved": s.leftovers_removed,
+            "refused": s.refused,
         })
     });
     serde_json::json!({
@@ -346,6 +387,7 @@ fn stats_json(
             "readErrors": c.read_errors, "writeErrors": c.write_errors,
             "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
         },
+        "passthrough": passthrough,
         "layers": layers.iter().map(|l| l.to_json()).collect::<Vec<_>>(),
     })
     .to_string()

@@ -827,3 +827,87 @@ fn tar_file(layer: &[u8], path: &str) -> Vec<u8> {
     }
     panic!("{path} not in the layer tar");
 }
+
+/// Files under the mounts' directories of the cache's `materialised/`, and those directories.
+fn materialised_in(cache: &Path) -> (usize, usize) {
+    let Ok(dirs) = std::fs::read_dir(cache.join("materialised")) else {
+        return (0, 0);
+    };
+    let (mut n_dirs, mut files) = (0, 0);
+    for d in dirs {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            n_dirs += 1;
+            files += std::fs::read_dir(&d)
+                .unwrap()
+                .filter(|f| {
+                    !f.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with('.')
+                })
+                .count();
+        }
+    }
+    (n_dirs, files)
+}
+
+/// A single-layer mount reopens the files it has read in full through FUSE passthrough: the
+/// same bytes, counted in the stats report, the copies gone after unmount; `--no-passthrough`
+/// makes and reports none.
+#[test]
+fn passthrough_reopens_files_read_in_full_and_can_be_turned_off() {
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, out, report) = convert_sample(tmp.path(), &[]);
+    let layer = &report["manifests"][0]["layers"][1];
+    let blob = layer_blob(&out, layer);
+    let server = RangeServer::start(HashMap::from([("app".to_string(), blob)])).unwrap();
+    let toc = layer["tocDigest"].as_str().unwrap();
+    let mnt = tmp.path().join("mnt");
+    for off in [false, true] {
+        let cache = tmp.path().join(format!("cache-{off}"));
+        let mut extra = vec!["--no-background-fetch", "--toc-digest", toc];
+        if off {
+            extra.push("--no-passthrough");
+        }
+        let served = Served::start_with(&extra, &server.url("app"), &mnt, &cache);
+        let first = snapshot(&mnt);
+        let bytes = read_everything(&mnt);
+        assert!(bytes > 0);
+        if !off {
+            // Every non-empty regular file was read to its end: wait for the copies.
+            let want = first
+                .iter()
+                .filter(|(p, n)| {
+                    n.kind == 'f' && n.size > 0 && n.hardlink_group.as_ref().is_none_or(|g| g == *p)
+                })
+                .count();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while materialised_in(&cache).1 < want {
+                assert!(Instant::now() < deadline, "{want} files not materialised");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        assert_eq!(
+            snapshot(&mnt),
+            first,
+            "off={off}: the reopened files differ"
+        );
+        let stats = final_stats(&served.stop());
+        let p = &stats["passthrough"];
+        if off {
+            assert!(p.is_null(), "{stats}");
+            assert_eq!(materialised_in(&cache), (0, 0));
+        } else {
+            assert_eq!(p["refused"], false, "{stats}");
+            assert!(p["opens"].as_u64().unwrap() > 0, "{stats}");
+            assert!(p["files"].as_u64().unwrap() > 0, "{stats}");
+            assert!(p["bytes"].as_u64().unwrap() > 0, "{stats}");
+            assert_eq!(materialised_in(&cache), (0, 0), "left after unmount");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lazypull_fuse::cache::{CacheOptions, ChunkCache};
 use lazypull_fuse::fetch::{FetchOptions, HttpBlob, RangeFetcher};
+use lazypull_fuse::fs::{Passthrough, DEFAULT_BUDGET};
 use lazypull_fuse::layer::{open_layer, LayerHints};
 use lazypull_fuse::serve::{RangeServer, Throttle};
 use lazypull_fuse::{mount, MountHandle, MountOptions};
@@ -47,16 +48,49 @@ impl Remote {
     }
 }
 
-/// A layer mounted lazily the way `lazypull mount --no-background-fetch` mounts it: opened over
-/// HTTP (TOC or chunk index fetched and verified), prefetch region in, FUSE with the default
-/// options. Unmounted on drop.
+/// A layer mounted lazily the way `lazypull mount --no-background-fetch --no-passthrough` mounts
+/// it (or, [`LazyMount::with_passthrough`], without `--no-passthrough`): opened over HTTP (TOC
+/// or chunk index fetched and verified), prefetch region in, FUSE with the default options.
+/// Unmounted on drop.
 pub struct LazyMount {
     pub dir: PathBuf,
     handle: Option<MountHandle>,
+    pub passthrough: Option<Arc<Passthrough>>,
 }
 
 impl LazyMount {
     pub fn new(remote: &Remote, c: &Converted, dir: &Path, cache_dir: &Path) -> LazyMount {
+        Self::mount(remote, c, dir, cache_dir, false)
+    }
+
+    /// With passthrough of files read in full, materialised under `cache_dir` as `lazypull
+    /// mount` does (the default budget, 1 GiB).
+    pub fn with_passthrough(
+        remote: &Remote,
+        c: &Converted,
+        dir: &Path,
+        cache_dir: &Path,
+    ) -> LazyMount {
+        Self::mount(remote, c, dir, cache_dir, true)
+    }
+
+    /// Wait until `files` files are materialised for passthrough.
+    pub fn wait_materialised(&self, files: u64) {
+        let pass = self.passthrough.as_ref().expect("a passthrough mount");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while pass.stats().files < files {
+            assert!(Instant::now() < deadline, "materialised {:?}", pass.stats());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn mount(
+        remote: &Remote,
+        c: &Converted,
+        dir: &Path,
+        cache_dir: &Path,
+        passthrough: bool,
+    ) -> LazyMount {
         std::fs::create_dir_all(dir).unwrap();
         let blob = HttpBlob::with_size(&remote.fetcher, &remote.url(c), c.desc.size).unwrap();
         let hints = LayerHints {
@@ -68,10 +102,19 @@ impl LazyMount {
         let cache = Arc::new(ChunkCache::open(CacheOptions::new(cache_dir, 10 << 30)).unwrap());
         let opened = open_layer(Arc::new(blob), &hints, Some(cache)).expect("opening the layer");
         opened.prefetch().expect("prefetching");
-        let handle = mount(opened.tree, dir, &MountOptions::default()).expect("mounting");
+        let passthrough = passthrough.then(|| {
+            Passthrough::new(&cache_dir.join("materialised"), DEFAULT_BUDGET)
+                .expect("a passthrough directory")
+        });
+        let opts = MountOptions {
+            passthrough: passthrough.clone(),
+            ..MountOptions::default()
+        };
+        let handle = mount(opened.tree, dir, &opts).expect("mounting");
         LazyMount {
             dir: dir.to_path_buf(),
             handle: Some(handle),
+            passthrough,
         }
     }
 }

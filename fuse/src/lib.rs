@@ -7,7 +7,9 @@
 //! reads as `EIO`. [`cache::ChunkCache`] keeps verified chunks on disk, content-addressed and
 //! bounded; [`fetch::HttpBlob`] reads remote blobs by HTTP range requests (retries, timeouts,
 //! redirect caching, coalescing) as a [`converter::BlobRead`]; [`layer::open_layer`] puts them
-//! together for one layer.
+//! together for one layer. With [`fs::Passthrough`] in the mount options, a file read in full
+//! is copied once from its verified bytes and later opens hand the kernel that copy (FUSE
+//! passthrough), so warm reads skip the chunk cache.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

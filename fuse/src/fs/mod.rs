@@ -5,6 +5,8 @@
 //!   through a [`ChunkSource`].
 //! - `erofs`: [`ErofsTree`], an EROFS image read on demand.
 //! - `mount`: [`mount`] in background threads, [`MountHandle`], [`unmount`].
+//! - `passthrough`: [`Passthrough`]: files read in full are materialised from verified bytes
+//!   and reopened through FUSE passthrough, so the kernel serves their reads.
 //!
 //! Content is immutable, so the kernel is told to cache everything for long ([`MountOptions::ttl`]):
 //! entries, negative lookups, attributes, pages (`FOPEN_KEEP_CACHE`), directory listings
@@ -19,6 +21,7 @@
 mod erofs;
 mod estargz;
 mod mount;
+mod passthrough;
 mod pool;
 mod record;
 mod tree;
@@ -47,6 +50,8 @@ use pool::Pool;
 pub use erofs::ErofsTree;
 pub use estargz::{ChunkSource, EstargzTree, ReaderChunks};
 pub use mount::{mount, unmount, MountError, MountHandle, MountOptions};
+use passthrough::{LayerDir, LayerPass, OpenAs, FH_CACHED, FH_PASSTHROUGH};
+pub use passthrough::{Passthrough, PassthroughError, PassthroughStats, DEFAULT_BUDGET};
 pub use record::AccessRecorder;
 use record::PathsSeen;
 pub use tree::{Attr, DirEntry, FileKind, FsError, FsResult, Ino, LayerTree, StatFs};
@@ -93,6 +98,8 @@ struct Core<T: LayerTree> {
     demand: Arc<Demand>,
     /// Added to the tree's inode numbers (but the root's) in everything the kernel sees.
     ino_offset: u64,
+    /// Passthrough of files read in full, when asked for.
+    pass: Option<LayerPass>,
 }
 
 impl<T: LayerTree + 'static> LayerFs<T> {
@@ -114,6 +121,7 @@ impl<T: LayerTree + 'static> LayerFs<T> {
                 next_handle: AtomicU64::new(1),
                 demand,
                 ino_offset: 0,
+                pass: None,
             }),
             readers,
         }
@@ -136,6 +144,14 @@ impl<T: LayerTree + 'static> LayerFs<T> {
         self
     }
 
+    /// Materialise files read in full into `dir` and reopen them through FUSE passthrough.
+    pub(crate) fn with_passthrough(mut self, shared: Arc<Passthrough>, dir: Arc<LayerDir>) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.pass = Some(LayerPass::new(shared, dir));
+        }
+        self
+    }
+
     /// The tree served.
     pub fn tree(&self) -> &T {
         &self.core.tree
@@ -148,7 +164,7 @@ impl<T: LayerTree + 'static> LayerFs<T> {
         &self,
         reply: R,
         work: impl Fn(&Core<T>) -> FsResult<V> + Send + 'static,
-        respond: impl FnOnce(&Core<T>, R, FsResult<V>) + Send + 'static,
+        respond: impl FnOnce(&Arc<Core<T>>, R, FsResult<V>) + Send + 'static,
     ) where
         R: Send + 'static,
     {
@@ -164,6 +180,22 @@ impl<T: LayerTree + 'static> LayerFs<T> {
             }
             outcome => respond(&self.core, reply, outcome),
         }
+    }
+}
+
+impl<T: LayerTree + 'static> Core<T> {
+    /// Materialise `ino` on the layer's materialising thread (which holds no reference that
+    /// would keep the layer alive after unmount).
+    fn materialise(self: &Arc<Self>, ino: Ino) {
+        let Some(pass) = &self.pass else { return };
+        let core = Arc::downgrade(self);
+        pass.spawn(move || {
+            if let Some(core) = core.upgrade() {
+                if let Some(pass) = &core.pass {
+                    pass.materialise(&core.tree, &core.demand, ino);
+                }
+            }
+        });
     }
 }
 
@@ -347,6 +379,15 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
             }
         }
+        if let Some(pass) = &self.core.pass {
+            // Depth 1: the backing files must be on a plain filesystem, and overlayfs can still
+            // stack on this mount.
+            let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !offered {
+                pass.refuse(&"the kernel offers no FUSE_PASSTHROUGH");
+            }
+        }
         // Reads waiting on the network are answered by reader threads: let the kernel keep
         // more of them in flight than the default of 16.
         if let Err(max) = config.set_max_background(64) {
@@ -407,7 +448,24 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
             reply,
             move |core| core.tree.getattr(i),
             move |core, reply, attr| match attr {
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(attr) => match &core.pass {
+                    Some(pass) if attr.kind == FileKind::Reg => {
+                        match pass.open(i, attr.size, |file| reply.open_backing(file)) {
+                            OpenAs::Passthrough(id) => reply.opened_passthrough(
+                                FileHandle(FH_PASSTHROUGH),
+                                FopenFlags::empty(),
+                                &id,
+                            ),
+                            OpenAs::Cached { queue } => {
+                                if queue {
+                                    core.materialise(i);
+                                }
+                                reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE)
+                            }
+                        }
+                    }
+                    _ => reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
+                },
                 Err(e) => reply.error(core.fail("open", i, None, &e)),
             },
         );
@@ -435,11 +493,32 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
                             recorder.record(&path);
                         }
                     }
+                    // Before the reply: whoever reads the end learns at once what was decided.
+                    let end = offset + data.len() as u64;
+                    if core.pass.as_ref().is_some_and(|p| p.read_to(i, end)) {
+                        core.materialise(i);
+                    }
                     reply.data(&data)
                 }
                 Err(e) => reply.error(core.fail("read", i, Some(offset), &e)),
             },
         );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(pass) = &self.core.pass {
+            pass.release(self.core.local(i), fh.0);
+        }
+        reply.ok();
     }
 
     /// Nothing is ever written, so closing has nothing to flush.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
-use super::{LayerFs, LayerTree};
+use super::passthrough::LayerDir;
+use super::{LayerFs, LayerTree, Passthrough};
 
 /// How to mount a layer.
 #[derive(Clone, Debug)]
@@ -39,6 +40,9 @@ pub struct MountOptions {
     /// A wider window keeps several reads in flight, so a sequential reader has the FUSE threads
     /// fetching, verifying and decompressing chunks side by side.
     pub readahead: u32,
+    /// Serve files read in full through FUSE passthrough from materialised copies (shared by
+    /// the layers of one mount: one budget, one set of counters). `None`: never.
+    pub passthrough: Option<std::sync::Arc<Passthrough>>,
 }
 
 impl Default for MountOptions {
@@ -56,6 +60,7 @@ impl Default for MountOptions {
             demand: std::sync::Arc::default(),
             ino_offset: 0,
             readahead: 4 << 20,
+            passthrough: None,
         }
     }
 }
@@ -90,6 +95,8 @@ impl MountError {
 pub struct MountHandle {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
+    /// The layer's materialised files, deleted once it is unmounted.
+    materialised: Option<std::sync::Arc<LayerDir>>,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -141,11 +148,23 @@ pub fn mount<T: LayerTree + 'static>(
     if let Some(r) = &opts.recorder {
         fs = fs.with_recorder(std::sync::Arc::clone(r));
     }
+    let mut materialised = None;
+    if let Some(p) = &opts.passthrough {
+        match p.layer_dir() {
+            Ok(dir) => {
+                fs = fs.with_passthrough(std::sync::Arc::clone(p), std::sync::Arc::clone(&dir));
+                materialised = Some(dir);
+            }
+            // Passthrough only speeds reads up: serve without it.
+            Err(e) => tracing::warn!("{}: no passthrough: {e}", mountpoint.display()),
+        }
+    }
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| MountError::new("mounting", mountpoint, e))?;
     let handle = MountHandle {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
+        materialised,
     };
     if opts.readahead > 0 {
         if let Err(e) = set_readahead(mountpoint, opts.readahead) {
@@ -187,13 +206,19 @@ impl MountHandle {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        match session.umount_and_join() {
+        let outcome = match session.umount_and_join() {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "unmount failed; detaching instead");
                 unmount(&self.mountpoint)
             }
+        };
+        // Trusted for this mount only. A detached mount still in use keeps reading the files it
+        // has open: the kernel holds them.
+        if let Some(dir) = self.materialised.take() {
+            dir.remove();
         }
+        outcome
     }
 }
 

@@ -7,8 +7,11 @@
 //! - `mounted`: real FUSE mounts compared with the reference, a tampered chunk reading as EIO,
 //!   and overlayfs stacking two mounted layers. These need root and `/dev/fuse`: without them
 //!   they print `SKIPPED: reason`, and fail under `CI=true`.
+//! - `passthrough`: files read in full reopened through FUSE passthrough: no chunk-cache read,
+//!   the budget, leftovers of dead mounts, a tampered chunk never materialised. Same needs.
 
 mod mounted;
+mod passthrough;
 mod reference;
 mod tree;
 

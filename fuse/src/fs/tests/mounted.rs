@@ -107,7 +107,7 @@ fn mounted_layers_match_tar_extraction() {
 }
 
 /// Flip one byte in the middle of `range` of the blob file.
-fn flip(blob: &Blob, range: std::ops::Range<u64>) {
+pub(super) fn flip(blob: &Blob, range: std::ops::Range<u64>) {
     let mut bytes = std::fs::read(&blob.path).unwrap();
     let at = ((range.start + range.end) / 2) as usize;
     bytes[at] ^= 0x55;
@@ -198,7 +198,7 @@ fn tampered_chunk_reads_eio() {
 }
 
 /// A tar of the given entries: `(path, Some(content))` files, `(path/, None)` directories.
-fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+pub(super) fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, content) in entries {
         let mut h = tar::Header::new_gnu();
