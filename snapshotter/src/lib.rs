@@ -32,6 +32,7 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -69,7 +70,10 @@ pub fn run(config: Config) -> Result<()> {
             what: "the runtime".into(),
             why: e.to_string(),
         })?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    // Blocking tasks (a registry lookup, a disk walk) are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(config: Config) -> Result<()> {
@@ -94,28 +98,49 @@ async fn serve(config: Config) -> Result<()> {
     let listener =
         tokio::net::UnixListener::bind(socket).map_err(|e| Error::io("binding", socket, e))?;
     eprintln!("lazypull: snapshotter serving on {}", socket.display());
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping; remote layers stay mounted");
-    };
-    tonic::transport::Server::builder()
-        .add_service(proto::snapshots_server::SnapshotsServer::new(
-            service::Grpc(service),
-        ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Serve {
-            what: socket.display().to_string(),
+            what: "SIGTERM".into(),
             why: e.to_string(),
         })?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::snapshots_server::SnapshotsServer::new(
+                service::Grpc(service),
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return finish(socket, r),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping; remote layers stay mounted");
+    let _ = stop_tx.send(());
+    // containerd keeps its connection open: give requests in flight a moment, not forever.
+    if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), &mut server).await {
+        return finish(socket, r);
+    }
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+fn finish(
+    socket: &std::path::Path,
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<()> {
+    let _ = std::fs::remove_file(socket);
+    r.map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|why| Error::Serve {
+            what: socket.display().to_string(),
+            why,
+        })
 }
