@@ -65,6 +65,7 @@ impl Service {
         labels: BTreeMap<String, String>,
         kind: Kind,
     ) -> Result<Vec<Mount>> {
+        tracing::debug!(key, parent, ?labels, ?kind, "prepare");
         let parent = (!parent.is_empty()).then_some(parent);
         if kind == Kind::Active {
             if let Some(req) = RemoteRequest::from_labels(&labels) {
