@@ -19,7 +19,7 @@ use lazypull_fuse::converter::registry::{Credentials, Reference, RegistryOptions
 use lazypull_fuse::converter::Digest;
 
 use crate::config::Config;
-use crate::store::RemoteLayer;
+use crate::store::{RemoteFormat, RemoteLayer};
 
 /// The name the committed snapshot of a remote layer gets (its chain ID).
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
@@ -168,12 +168,12 @@ pub fn resolve(req: &RemoteRequest, opts: &RegistryOptions) -> Result<RemoteLaye
         })?;
     let a = &desc.annotations;
     let format = if a.contains_key(estargz_format::ANNOTATION_TOC_DIGEST) {
-        "estargz"
+        RemoteFormat::Estargz
     } else if desc.media_type.starts_with(erofs_format::MEDIA_TYPE_EROFS)
         || a.contains_key(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)
         || a.contains_key(erofs_format::ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE)
     {
-        "erofs"
+        RemoteFormat::Erofs
     } else {
         return Err(Fallback::new(
             FallbackReason::NotLazy,
@@ -187,8 +187,8 @@ pub fn resolve(req: &RemoteRequest, opts: &RegistryOptions) -> Result<RemoteLaye
     };
     Ok(RemoteLayer {
         image: pinned.to_string(),
-        layer: req.layer.to_string(),
-        format: format.into(),
+        layer: req.layer,
+        format,
         size: desc.size,
         uncompressed_size: a
             .get(estargz_format::ANNOTATION_UNCOMPRESSED_SIZE)
@@ -230,7 +230,7 @@ impl Mounter {
             .arg(&layer.image)
             .arg(mountpoint)
             .arg("--layer")
-            .arg(&layer.layer)
+            .arg(layer.layer.to_string())
             .arg("--cache-dir")
             .arg(c.cache_dir())
             .arg("--cache-size")
@@ -300,7 +300,7 @@ impl Mounter {
         let deadline = Instant::now() + Duration::from_secs(self.config.fetch.mount_timeout_secs);
         loop {
             if is_mounted(mountpoint) {
-                let name = layer.layer.clone();
+                let name = layer.layer.to_string();
                 // Reap it when it ends (its mount was taken away), so no zombie is left.
                 tokio::spawn(async move {
                     match child.wait().await {

@@ -139,7 +139,7 @@ impl Service {
         }
         let mut labels = labels.clone();
         labels.insert(remote::LABEL_REMOTE.into(), "remote snapshot".into());
-        let format = layer.format.clone();
+        let format = layer.format.as_str();
         if let Err(e) = self.store.create(
             id,
             &req.target,
@@ -173,12 +173,12 @@ impl Service {
         }
         let dir = self.layout.dir(s.id);
         let _one = self.remote_lock.lock().await;
-        tracing::info!(layer = layer.layer, "remounting a remote layer");
+        tracing::info!(layer = %layer.layer, "remounting a remote layer");
         self.mounter
             .mount(layer, &fs, &dir.join("stats.json"), &dir.join("mount.log"))
             .await
             .map_err(|why| Error::Remote {
-                layer: layer.layer.clone(),
+                layer: layer.layer.to_string(),
                 why,
             })
     }

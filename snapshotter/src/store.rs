@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lazypull_fuse::converter::Digest;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -38,15 +39,33 @@ pub enum Kind {
     Committed,
 }
 
+/// How a remote layer is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteFormat {
+    /// eStargz (or zstd:chunked): a TOC digest annotation anchors it.
+    Estargz,
+    /// An EROFS image with a chunk index.
+    Erofs,
+}
+
+impl RemoteFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteFormat::Estargz => "estargz",
+            RemoteFormat::Erofs => "erofs",
+        }
+    }
+}
+
 /// A lazily mounted layer behind a committed snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteLayer {
     /// The image to mount the layer from, pinned to its manifest (`HOST/REPO@sha256:…`).
     pub image: String,
     /// The layer's digest in that manifest.
-    pub layer: String,
-    /// `estargz` or `erofs`.
-    pub format: String,
+    pub layer: Digest,
+    pub format: RemoteFormat,
     /// The layer's size as the manifest gives it (compressed bytes).
     pub size: u64,
     /// The uncompressed size, when an annotation gives it.
