@@ -10,19 +10,24 @@ use lazypull_snapshotter::metrics::Metrics;
 use lazypull_snapshotter::proto::snapshots_client::SnapshotsClient;
 use lazypull_snapshotter::proto::snapshots_server::SnapshotsServer;
 use lazypull_snapshotter::proto::{self as pb, Kind};
+use lazypull_snapshotter::remote::FallbackReason;
 use lazypull_snapshotter::service::{Grpc, Service};
 use lazypull_snapshotter::Config;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 async fn start(root: &Path) -> SnapshotsClient<Channel> {
+    start_with_metrics(root).await.0
+}
+
+async fn start_with_metrics(root: &Path) -> (SnapshotsClient<Channel>, Arc<Metrics>) {
     let config = Config {
         root: root.join("root"),
         socket: root.join("snap.sock"),
         ..Config::default()
     };
     let metrics = Arc::new(Metrics::new(config.root.join("snapshots")));
-    let service = Arc::new(Service::open(&config, metrics).unwrap());
+    let service = Arc::new(Service::open(&config, Arc::clone(&metrics)).unwrap());
     let listener = tokio::net::UnixListener::bind(&config.socket).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -42,7 +47,7 @@ async fn start(root: &Path) -> SnapshotsClient<Channel> {
         }))
         .await
         .unwrap();
-    SnapshotsClient::new(channel)
+    (SnapshotsClient::new(channel), metrics)
 }
 
 fn prepare(key: &str, parent: &str) -> pb::PrepareSnapshotRequest {
@@ -224,4 +229,53 @@ async fn plain_snapshots_over_grpc() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "removed snapshots leave no directory");
+}
+
+/// A remote Prepare whose registry cannot be reached becomes a plain snapshot that containerd
+/// fills, and the fallback is counted.
+#[tokio::test]
+async fn unreachable_registry_falls_back_to_a_plain_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, metrics) = start_with_metrics(dir.path()).await;
+    let mut req = prepare("default/1/extract-1 sha256:chain", "");
+    req.labels = HashMap::from([
+        ("containerd.io/snapshot.ref".into(), "sha256:chain".into()),
+        (
+            "containerd.io/snapshot/remote/stargz.reference".into(),
+            // Nothing listens on port 1 of loopback: the connection is refused at once.
+            "127.0.0.1:1/nobody/image:tag".into(),
+        ),
+        (
+            "containerd.io/snapshot/remote/stargz.digest".into(),
+            format!("sha256:{}", "ab".repeat(32)),
+        ),
+    ]);
+    let m = c.prepare(req).await.unwrap().into_inner().mounts;
+    assert_eq!((m[0].r#type.as_str(), &m[0].options[1][..]), ("bind", "rw"));
+    assert_eq!(metrics.fallbacks(FallbackReason::Resolve), 1);
+    assert_eq!(metrics.fallbacks(FallbackReason::NotLazy), 0);
+    let info = c
+        .stat(pb::StatSnapshotRequest {
+            snapshotter: "lazypull".into(),
+            key: "default/1/extract-1 sha256:chain".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(
+        info.kind,
+        Kind::Active as i32,
+        "an active snapshot to unpack into"
+    );
+    assert!(
+        c.stat(pb::StatSnapshotRequest {
+            snapshotter: "lazypull".into(),
+            key: "sha256:chain".into(),
+        })
+        .await
+        .is_err(),
+        "no committed snapshot under the target name"
+    );
 }
