@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
+use lazypull_snapshotter::fuse::converter::Digest;
+use lazypull_snapshotter::fuse::{CacheOptions, ChunkCache};
 use lazypull_snapshotter::metrics::Metrics;
 use lazypull_snapshotter::proto::snapshots_client::SnapshotsClient;
 use lazypull_snapshotter::proto::snapshots_server::SnapshotsServer;
@@ -21,11 +23,12 @@ async fn start(root: &Path) -> SnapshotsClient<Channel> {
 }
 
 async fn start_with_metrics(root: &Path) -> (SnapshotsClient<Channel>, Arc<Metrics>) {
-    let config = Config {
+    let mut config = Config {
         root: root.join("root"),
         socket: root.join("snap.sock"),
         ..Config::default()
     };
+    config.cache.size = CACHE_SIZE;
     let metrics = Arc::new(Metrics::new(config.root.join("snapshots")));
     let service = Arc::new(Service::open(&config, Arc::clone(&metrics)).unwrap());
     let listener = tokio::net::UnixListener::bind(&config.socket).unwrap();
@@ -49,6 +52,9 @@ async fn start_with_metrics(root: &Path) -> (SnapshotsClient<Channel>, Arc<Metri
         .unwrap();
     (SnapshotsClient::new(channel), metrics)
 }
+
+/// The chunk cache bound of the service under test.
+const CACHE_SIZE: u64 = 250_000;
 
 fn prepare(key: &str, parent: &str) -> pb::PrepareSnapshotRequest {
     pb::PrepareSnapshotRequest {
@@ -220,11 +226,24 @@ async fn plain_snapshots_over_grpc() {
         Code::NotFound
     );
 
-    // Cleanup deletes directories no snapshot names.
+    // Cleanup deletes directories no snapshot names, and trims the chunk cache (filled by layer
+    // servers with their own bounds) to the configured size.
+    let cache_dir = dir.path().join("root/cache");
+    {
+        let cache = ChunkCache::open(CacheOptions::new(&cache_dir, 10 << 20)).unwrap();
+        for i in 0..5u8 {
+            let chunk = vec![i; 100_000];
+            cache.put(&Digest::of(&chunk), &chunk).unwrap();
+        }
+        assert_eq!(cache.stats().bytes_on_disk, 500_000);
+    }
     let stray = dir.path().join("root/snapshots/999/fs");
     std::fs::create_dir_all(&stray).unwrap();
     c.cleanup(pb::CleanupRequest::default()).await.unwrap();
     assert!(!stray.exists());
+    let cache = ChunkCache::open(CacheOptions::new(&cache_dir, 10 << 20)).unwrap();
+    let kept = cache.stats().bytes_on_disk;
+    assert!(kept <= CACHE_SIZE && kept > 0, "{kept} bytes kept");
     let left: Vec<_> = std::fs::read_dir(dir.path().join("root/snapshots"))
         .unwrap()
         .collect();
