@@ -17,7 +17,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates;
 #   curl, librsvg2-bin: the cold-start benchmark's full pull and its PNG chart (`bench --quick`);
 #   docker-registry (distribution 2.8), apache2-utils (htpasswd -B), openssl: the registry tests
-#     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl).
+#     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl);
+#   containerd (1.6, with ctr), runc, stargz-snapshotter (ctr-remote), busybox-static: the
+#     snapshotter tests run a private containerd with `lazypull snapshotter` as its proxy plugin,
+#     pull through CRI and `ctr-remote images rpull`, and run busybox containers with runc.
 PACKAGES=(
     golang-go golang-github-containerd-stargz-snapshotter-dev
     skopeo umoci
@@ -25,6 +28,7 @@ PACKAGES=(
     attr jq erofs-utils ca-certificates
     curl librsvg2-bin
     docker-registry apache2-utils openssl
+    containerd runc stargz-snapshotter busybox-static
 )
 
 missing=()

@@ -123,7 +123,7 @@ fn lazy_row(format: &str, reference: &str, work: &Path, throttle: Throttle) -> R
     let cache_dir = work.join(format!("cache-{format}"));
     let cache = Arc::new(ChunkCache::open(CacheOptions::new(&cache_dir, 1 << 30))?);
     let mountpoint = work.join(format!("mnt-{format}"));
-    let image = mount_image(layers, &mountpoint, &cache, &MountOptions::default())?;
+    let image = mount_image(layers, &mountpoint, &cache, &MountOptions::default(), true)?;
     let result = (|| -> Result<(Duration, Duration)> {
         let first = std::fs::read(mountpoint.join(WORKLOAD[0]))
             .with_context(|| format!("reading {}", WORKLOAD[0]))?;

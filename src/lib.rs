@@ -12,6 +12,8 @@
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
 //! - [`bench::run_bench`]: `lazypull bench`, the cold-start benchmark.
+//! - [`run_snapshotter`]: `lazypull snapshotter`, the containerd proxy snapshotter of
+//!   [`lazypull_snapshotter`].
 
 pub mod bench;
 mod demo;
@@ -19,6 +21,7 @@ mod demo_lazy;
 mod inspect;
 mod mount;
 mod progress;
+mod snapshotter;
 
 use std::path::PathBuf;
 
@@ -29,6 +32,7 @@ use lazypull_converter::registry::{Credentials, RegistryOptions};
 pub use demo::{run_demo, DemoArgs};
 pub use inspect::{run_inspect, InspectArgs};
 pub use mount::{run_mount, run_umount, MountArgs};
+pub use snapshotter::{run_snapshotter, SnapshotterArgs};
 
 /// Output layer format chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +88,14 @@ impl RegistryArgs {
     /// The converter's registry options.
     pub fn options(&self) -> Result<RegistryOptions> {
         let mut opts = RegistryOptions {
-            creds: self.creds.as_deref().map(Credentials::parse).transpose()?,
+            // `LAZYPULL_CREDS` keeps them off command lines (the snapshotter's layer servers).
+            creds: self
+                .creds
+                .clone()
+                .or_else(|| std::env::var("LAZYPULL_CREDS").ok())
+                .as_deref()
+                .map(Credentials::parse)
+                .transpose()?,
             plain_http: self.plain_http,
             insecure: self.insecure,
             mirrors: self.mirrors.clone(),

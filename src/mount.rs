@@ -52,6 +52,10 @@ pub struct MountArgs {
     pub stacked_passthrough: bool,
     /// How a registry SOURCE is reached.
     pub registry: crate::RegistryArgs,
+    /// Fetch each layer's prefetch region before serving it.
+    pub prefetch: bool,
+    /// Where the statistics are kept while mounted (default: `CACHE_DIR/stats.json`).
+    pub stats_file: Option<PathBuf>,
 }
 
 /// One layer to serve.
@@ -78,6 +82,7 @@ pub(crate) fn mount_image(
     mountpoint: &Path,
     cache: &Arc<ChunkCache>,
     opts: &MountOptions,
+    with_prefetch: bool,
 ) -> Result<MountedImage> {
     let staging = mountpoint.with_file_name(format!(
         ".{}.lazypull-layers",
@@ -105,7 +110,9 @@ pub(crate) fn mount_image(
                 s.spawn(move || {
                     let opened = open_layer(l.blob, &l.hints, Some(Arc::clone(cache)))?;
                     let progress = Arc::new(LayerProgress::new(&l.hints.name));
-                    prefetch(&opened, &progress);
+                    if with_prefetch {
+                        prefetch(&opened, &progress);
+                    }
                     Ok((opened, progress))
                 })
             })
@@ -220,7 +227,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             .with_context(|| format!("creating the record file {}", path.display()))?;
         opts.recorder = Some(Arc::new(recorder));
     }
-    let mut image = mount_image(layers, &args.mountpoint, &cache, &opts)?;
+    let mut image = mount_image(layers, &args.mountpoint, &cache, &opts, args.prefetch)?;
     release_freed_heap();
     let backgrounds = std::mem::take(&mut image.backgrounds);
     let progress = std::mem::take(&mut image.progress);
@@ -254,7 +261,10 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     let usr1 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
         .context("installing the SIGUSR1 handler")?;
-    let stats_file = cache_dir.join("stats.json");
+    let stats_file = args
+        .stats_file
+        .clone()
+        .unwrap_or_else(|| cache_dir.join("stats.json"));
     let report = |final_report: bool| -> String {
         let json = stats_json(
             &args,

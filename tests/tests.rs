@@ -37,6 +37,11 @@ mod mount;
 /// helpers, refused credentials, a registry that stops mid-push.
 mod registry;
 
+/// `lazypull snapshotter` under a private containerd 1.6 (proxy plugin, CRI plugin): lazy pulls
+/// through CRI and `ctr-remote rpull` fetch no layer blob whole, `ctr run` containers read the
+/// image and write to their upper dir, the gzip fallback, restarts, and GC's Remove.
+mod snapshotter;
+
 /// The command line: help texts and `lazypull demo`.
 mod cli;
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod erofs;
 pub mod gohelper;
 pub mod registry;
