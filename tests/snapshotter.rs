@@ -265,7 +265,7 @@ fn estargz_rpull_is_lazy_and_runs() {
 }
 
 /// CRI `PullImage` (with `disable_snapshot_annotations = false`) of the eStargz image is lazy
-/// too, and the pulled image runs.
+/// too, the pulled image runs, and after `RemoveImage` containerd's own GC run unmounts it.
 #[test]
 fn estargz_cri_pull_is_lazy_and_runs() {
     if !supported() {
@@ -281,6 +281,12 @@ fn estargz_cri_pull_is_lazy_and_runs() {
     assert_eq!(lazy.fuse_mounts().len(), 2, "one FUSE mount per layer");
     checksums_pass(&lazy.containerd, CRI_NS, SNAPSHOTTER, &reference);
     lazy.assert_served_remotely("esgz");
+
+    // CRI's RemoveImage does not wait for GC: containerd's scheduler runs it on its own.
+    cri.remove(&image_ref).unwrap();
+    lazy.wait_until(30, "GC after RemoveImage left mounts", || {
+        mounts_under(&lazy.snapshotter.root).is_empty()
+    });
 }
 
 /// The plain gzip image has nothing to mount lazily: the snapshotter logs why and gives
