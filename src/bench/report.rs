@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::run::RunResult;
@@ -193,26 +194,28 @@ fn chart(path: &Path, measured: &[Measured]) -> Result<()> {
         .right_y_label_area_size(0)
         .build_cartesian_2d(0f64..slots as f64, 0f64..top.max(0.1))
         .map_err(|e| draw(&e))?;
-    let labels = groups.clone();
     let per = modes.len() + 1;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(slots)
-        .x_label_formatter(&|x| {
-            let slot = *x as usize;
-            if slot % per == per / 2 {
-                labels
-                    .get(slot / per)
-                    .map(|(i, n)| format!("{i} {n}"))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        // Group names are drawn below by hand: the mesh puts its labels at "nice" points, which
+        // need not fall on a group's middle slot.
+        .x_labels(0)
         .y_desc("seconds (median, min–max)")
         .draw()
         .map_err(|e| draw(&e))?;
+    let label_style =
+        TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (g, (image, network)) in groups.iter().enumerate() {
+        let middle = (g * per) as f64 + modes.len() as f64 / 2.0;
+        let (x, y) = chart.backend_coord(&(middle, 0.0));
+        root.draw(&Text::new(
+            format!("{image} {network}"),
+            (x, y + 8),
+            label_style.clone(),
+        ))
+        .map_err(|e| draw(&e))?;
+    }
     for (k, mode) in modes.iter().enumerate() {
         let color = Palette99::pick(k).to_rgba();
         let bars: Vec<(f64, &Measured)> = measured
