@@ -153,10 +153,10 @@ impl Service {
                 RemoteFormat::Erofs => Fallback::new(
                     FallbackReason::ErofsMount,
                     format!(
-                        "EROFS layer {} of {} did not mount lazily ({why}); containerd cannot \
-                         unpack an EROFS layer (it is not a tar), so the snapshot cannot be \
-                         made. Check the snapshotter's access to the registry and /dev/fuse",
-                        req.layer, req.image
+                        "an EROFS layer of {} that did not mount lazily ({why}); containerd \
+                         cannot unpack an EROFS layer (it is not a tar), so the snapshot cannot \
+                         be made. Check the snapshotter's access to the registry and /dev/fuse",
+                        req.image
                     ),
                 ),
                 RemoteFormat::Estargz => Fallback::new(FallbackReason::Mount, why),
