@@ -116,6 +116,16 @@ pub(crate) struct ConvertCmd {
     /// Example: --erofs-compression none
     #[arg(long, value_enum, default_value_t = ErofsCompressionArg::Zstd)]
     pub(crate) erofs_compression: ErofsCompressionArg,
+    /// For `--format erofs`: the layer media types. `spec` writes the erofs-image-spec's
+    /// (`application/vnd.erofs+zstd`, `application/vnd.erofs`); `oci-layer` writes the same
+    /// layers as `application/vnd.oci.image.layer.v1.erofs+zstd` (`…v1.erofs` raw), the only
+    /// names containerd 1.6 labels for a remote snapshotter, so it can pull the image lazily
+    /// through `lazypull snapshotter`. Either way a runtime that cannot mount EROFS remotely
+    /// cannot unpack the layers: they are not tars.
+    ///
+    /// Example: --erofs-media-type oci-layer
+    #[arg(long, value_enum, default_value_t = ErofsMediaTypeArg::Spec)]
+    pub(crate) erofs_media_type: ErofsMediaTypeArg,
     /// Chunk size in bytes: eStargz splits larger files into chunks of this size (default
     /// 4 MiB, as the reference implementation); EROFS cuts the image into chunks of this size,
     /// each fetched and verified on its own (default 1 MiB).
@@ -335,4 +345,10 @@ pub(crate) enum FormatArg {
 pub(crate) enum ErofsCompressionArg {
     Zstd,
     None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum ErofsMediaTypeArg {
+    Spec,
+    OciLayer,
 }

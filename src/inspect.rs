@@ -135,8 +135,9 @@ fn inspect_layer(desc: &Descriptor, blob: &dyn BlobRead) -> Value {
         "size": desc.size,
         "verificationAnnotations": present,
     });
-    let facts = if desc.media_type.starts_with(erofs_format::MEDIA_TYPE_EROFS) {
-        erofs_facts(desc, blob)
+    let framing = erofs_format::ErofsFraming::of_media_type(&desc.media_type);
+    let facts = if let Some(framing) = framing {
+        erofs_facts(desc, blob, framing)
     } else if desc
         .annotations
         .contains_key(estargz_format::ANNOTATION_TOC_DIGEST)
@@ -192,8 +193,12 @@ fn estargz_facts(desc: &Descriptor, blob: &dyn BlobRead) -> Result<Value> {
     }))
 }
 
-fn erofs_facts(desc: &Descriptor, blob: &dyn BlobRead) -> Result<Value> {
-    let zstd = desc.media_type != erofs_format::MEDIA_TYPE_EROFS;
+fn erofs_facts(
+    desc: &Descriptor,
+    blob: &dyn BlobRead,
+    framing: erofs_format::ErofsFraming,
+) -> Result<Value> {
+    let zstd = framing == erofs_format::ErofsFraming::Zstd;
     let a = &desc.annotations;
     let range = a
         .get(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)

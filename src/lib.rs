@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
+pub use lazypull_converter::erofs::format::ErofsMediaTypes;
 use lazypull_converter::registry::{Credentials, RegistryOptions};
 
 pub use demo::{run_demo, DemoArgs};
@@ -49,6 +50,8 @@ pub struct ConvertArgs {
     pub src: String,
     pub dst: String,
     pub format: OutputFormat,
+    /// The names EROFS layers are written under.
+    pub erofs_media_types: ErofsMediaTypes,
     pub chunk_size: Option<u64>,
     pub compression_level: Option<u32>,
     pub prefetch_list: Option<PathBuf>,
@@ -162,6 +165,7 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
         threads: args.threads,
         platform: args.platform.clone(),
         registry: args.registry.options()?,
+        erofs_media_types: args.erofs_media_types,
     };
     let bar = progress::Bar::new(args.progress);
     let report = convert::convert(&args.src, &args.dst, &opts, &bar)?;

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ErofsCompressionArg, FormatArg};
-use lazypull::{ConvertArgs, DemoArgs, InspectArgs, MountArgs, OutputFormat, SnapshotterArgs};
+use cli::{Cli, Command, ErofsCompressionArg, ErofsMediaTypeArg, FormatArg};
+use lazypull::{
+    ConvertArgs, DemoArgs, ErofsMediaTypes, InspectArgs, MountArgs, OutputFormat, SnapshotterArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +23,10 @@ fn main() -> ExitCode {
                 (FormatArg::Zstdchunked, _) => OutputFormat::ZstdChunked,
                 (FormatArg::Erofs, ErofsCompressionArg::Zstd) => OutputFormat::Erofs,
                 (FormatArg::Erofs, ErofsCompressionArg::None) => OutputFormat::ErofsRaw,
+            },
+            erofs_media_types: match c.erofs_media_type {
+                ErofsMediaTypeArg::Spec => ErofsMediaTypes::Spec,
+                ErofsMediaTypeArg::OciLayer => ErofsMediaTypes::OciLayer,
             },
             chunk_size: c.chunk_size,
             compression_level: c.compression_level,

@@ -810,3 +810,57 @@ fn xattr_in_an_unknown_namespace_is_refused() {
 
 /// The judges above, checked against hand-made blobs, `mkfs.erofs` and the kernel's overlayfs.
 mod harness;
+
+/// `--erofs-media-type oci-layer` writes the same blobs and annotations under the OCI layer
+/// prefix (what containerd 1.6 labels for a remote snapshotter); converting again keeps the
+/// layers, renamed when the other names are asked for.
+#[test]
+fn oci_layer_media_types_name_the_same_layers() {
+    let oci_layer = ["--erofs-media-type", "oci-layer"];
+    for (framing, want) in [
+        (
+            Framing::Zstd,
+            "application/vnd.oci.image.layer.v1.erofs+zstd",
+        ),
+        (Framing::Raw, "application/vnd.oci.image.layer.v1.erofs"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| tmp.path().join(name);
+        sample::write_sample_image(&dir("in"), "t").unwrap();
+        convert_erofs(&dir("in"), &dir("spec"), framing, None, &[]);
+        let first = convert_erofs(&dir("in"), &dir("oci"), framing, None, &oci_layer);
+        let layers = |name: &str| erofs_manifest(&Layout::new(&dir(name)), "t")["layers"].clone();
+        let (spec, oci) = (layers("spec"), layers("oci"));
+        let (spec, oci) = (spec.as_array().unwrap(), oci.as_array().unwrap());
+        assert_eq!(spec.len(), oci.len());
+        for (s, o) in spec.iter().zip(oci) {
+            assert_eq!(
+                s["mediaType"],
+                framing.media_type(),
+                "{framing:?}: spec name"
+            );
+            assert_eq!(o["mediaType"], want, "{framing:?}: oci-layer name");
+            for field in ["digest", "size", "annotations"] {
+                assert_eq!(s[field], o[field], "{framing:?}: {field} differs by name");
+            }
+        }
+
+        let again = convert_erofs(&dir("oci"), &dir("again"), framing, None, &oci_layer);
+        for (a, b) in report_layers(&first).iter().zip(report_layers(&again)) {
+            assert_eq!(b["kept"], true, "{framing:?}: re-encoded {b}");
+            assert_eq!(
+                (&b["digest"], &b["mediaType"]),
+                (&a["digest"], &a["mediaType"])
+            );
+        }
+        assert_eq!(again["root"]["digest"], first["root"]["digest"]);
+
+        let renamed = convert_erofs(&dir("spec"), &dir("renamed"), framing, None, &oci_layer);
+        assert!(report_layers(&renamed).iter().all(|l| l["kept"] == true));
+        assert_eq!(
+            layers("renamed"),
+            layers("oci"),
+            "{framing:?}: spec layers renamed"
+        );
+    }
+}

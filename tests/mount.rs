@@ -234,19 +234,18 @@ pub(crate) fn read_everything(root: &Path) -> u64 {
     total
 }
 
-fn mount_image_matches_layers(format: &str) {
+/// `extra`: more convert options.
+fn mount_image_matches_layers(format: &str, extra: &[&str]) {
     let support = fuse_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
     let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
     let out = tmp.path().join("out");
-    let converted = lazypull(&[
-        "convert".to_string(),
-        "--format".into(),
-        format.into(),
-        format!("oci:{}:t", image.dir.display()),
-        format!("oci:{}:t", out.display()),
-    ]);
+    let mut args = vec!["convert".to_string(), "--format".into(), format.into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push(format!("oci:{}:t", image.dir.display()));
+    args.push(format!("oci:{}:t", out.display()));
+    let converted = lazypull(&args);
     assert!(
         converted.status.success(),
         "convert: {}",
@@ -342,12 +341,18 @@ fn distinct_files_have_distinct_inodes(image: &Path, tmp: &Path, format: &str) {
 
 #[test]
 fn estargz_image_mounts_and_stacks() {
-    mount_image_matches_layers("estargz");
+    mount_image_matches_layers("estargz", &[]);
 }
 
 #[test]
 fn erofs_image_mounts_and_stacks() {
-    mount_image_matches_layers("erofs");
+    mount_image_matches_layers("erofs", &[]);
+}
+
+/// EROFS layers named under the OCI layer prefix, as containerd 1.6 needs them.
+#[test]
+fn erofs_oci_layer_image_mounts_and_stacks() {
+    mount_image_matches_layers("erofs", &["--erofs-media-type", "oci-layer"]);
 }
 
 /// A layer mounted without any trust anchor is refused unless asked for.

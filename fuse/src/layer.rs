@@ -195,13 +195,14 @@ pub fn open_layer(
                 .annotations
                 .get(erofs_format::ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE)
         });
-    let is_erofs_type = hints
+    let framing = hints
         .media_type
         .as_deref()
-        .is_some_and(|m| m.starts_with(erofs_format::MEDIA_TYPE_EROFS));
+        .and_then(erofs_format::ErofsFraming::of_media_type);
     let name = || format!("layer {}", hints.name);
-    if erofs_range.is_some() || is_erofs_type {
-        let zstd = hints.media_type.as_deref() != Some(erofs_format::MEDIA_TYPE_EROFS);
+    if erofs_range.is_some() || framing.is_some() {
+        // Annotated but untyped (a bare blob): zstd, the default framing.
+        let zstd = framing != Some(erofs_format::ErofsFraming::Raw);
         let range = erofs_range
             .ok_or_else(|| {
                 Error::Invalid(format!(

@@ -34,7 +34,8 @@ pub enum Error {
     /// Serving the gRPC socket or the metrics endpoint failed.
     #[error("serving {what}: {why}")]
     Serve { what: String, why: String },
-    /// Mounting a remote layer lazily failed (the caller falls back to a plain snapshot).
+    /// A remote layer cannot be mounted lazily (remounting one, or an EROFS layer that has no
+    /// plain fallback).
     #[error("remote layer {layer}: {why}")]
     Remote { layer: String, why: String },
 }

@@ -144,6 +144,7 @@ impl Metrics {
             FallbackReason::NotLazy,
             FallbackReason::Resolve,
             FallbackReason::Mount,
+            FallbackReason::ErofsMount,
         ] {
             let _ = writeln!(
                 out,

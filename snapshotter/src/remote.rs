@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use lazypull_fuse::converter::erofs::format as erofs_format;
 use lazypull_fuse::converter::estargz::format as estargz_format;
-use lazypull_fuse::converter::oci::{media, ImageNode, ImageSource};
+use lazypull_fuse::converter::oci::{media, Descriptor, ImageNode, ImageSource};
 use lazypull_fuse::converter::registry::{Credentials, Reference, RegistryOptions, RegistrySource};
 use lazypull_fuse::converter::Digest;
 
@@ -80,6 +80,9 @@ pub enum FallbackReason {
     Resolve,
     /// The layer server failed or did not mount in time.
     Mount,
+    /// An EROFS layer did not mount lazily. Not served as a plain snapshot either: containerd
+    /// cannot apply a layer that is not a tar, so Prepare fails with the reason instead.
+    ErofsMount,
 }
 
 impl FallbackReason {
@@ -88,6 +91,7 @@ impl FallbackReason {
             FallbackReason::NotLazy => "not_lazy",
             FallbackReason::Resolve => "resolve",
             FallbackReason::Mount => "mount",
+            FallbackReason::ErofsMount => "erofs_mount",
         }
     }
 }
@@ -166,20 +170,8 @@ pub fn resolve(req: &RemoteRequest, opts: &RegistryOptions) -> Result<RemoteLaye
                 format!("manifest {manifest} lacks the layer"),
             )
         })?;
+    let format = layer_format(desc)?;
     let a = &desc.annotations;
-    let format = if a.contains_key(estargz_format::ANNOTATION_TOC_DIGEST) {
-        RemoteFormat::Estargz
-    } else if desc.media_type.starts_with(erofs_format::MEDIA_TYPE_EROFS)
-        || a.contains_key(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)
-        || a.contains_key(erofs_format::ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE)
-    {
-        RemoteFormat::Erofs
-    } else {
-        return Err(Fallback::new(
-            FallbackReason::NotLazy,
-            format!("{} is neither eStargz nor EROFS", desc.media_type),
-        ));
-    };
     let pinned = Reference {
         digest: Some(manifest),
         tag: None,
@@ -194,6 +186,25 @@ pub fn resolve(req: &RemoteRequest, opts: &RegistryOptions) -> Result<RemoteLaye
             .get(estargz_format::ANNOTATION_UNCOMPRESSED_SIZE)
             .and_then(|s| s.parse().ok()),
     })
+}
+
+/// How a layer descriptor is served lazily: eStargz by its TOC annotation, EROFS by either
+/// family of EROFS media types or its chunk-index annotation.
+pub fn layer_format(desc: &Descriptor) -> Result<RemoteFormat, Fallback> {
+    let a = &desc.annotations;
+    if a.contains_key(estargz_format::ANNOTATION_TOC_DIGEST) {
+        Ok(RemoteFormat::Estargz)
+    } else if erofs_format::ErofsFraming::of_media_type(&desc.media_type).is_some()
+        || a.contains_key(erofs_format::ANNOTATION_CHUNK_INDEX_RANGE)
+        || a.contains_key(erofs_format::ANNOTATION_LAZYPULL_CHUNK_INDEX_RANGE)
+    {
+        Ok(RemoteFormat::Erofs)
+    } else {
+        Err(Fallback::new(
+            FallbackReason::NotLazy,
+            format!("{} is neither eStargz nor EROFS", desc.media_type),
+        ))
+    }
 }
 
 /// Starts and stops the `lazypull mount` processes of remote layers.
@@ -408,6 +419,30 @@ mod tests {
 
     const L: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const M: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn erofs_layers_are_recognised_under_either_media_type() {
+        let layer = |media_type: &str| -> Descriptor {
+            serde_json::from_value(serde_json::json!({
+                "mediaType": media_type, "digest": L, "size": 1,
+            }))
+            .unwrap()
+        };
+        for mt in [
+            "application/vnd.oci.image.layer.v1.erofs+zstd",
+            "application/vnd.oci.image.layer.v1.erofs",
+            "application/vnd.erofs+zstd",
+            "application/vnd.erofs",
+        ] {
+            assert_eq!(
+                layer_format(&layer(mt)).unwrap(),
+                RemoteFormat::Erofs,
+                "{mt}"
+            );
+        }
+        let plain = layer_format(&layer("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert_eq!(plain.unwrap_err().reason, FallbackReason::NotLazy);
+    }
 
     #[test]
     fn remote_requests_come_from_cri_or_stargz_labels() {

@@ -18,7 +18,7 @@ use crate::mounts::{mounts, Layout};
 use crate::proto::snapshots_server::Snapshots;
 use crate::proto::{self as pb, Mount};
 use crate::remote::{self, Fallback, FallbackReason, Mounter, RemoteRequest};
-use crate::store::{Kind, Snapshot, SnapshotId, Store};
+use crate::store::{Kind, RemoteFormat, Snapshot, SnapshotId, Store};
 
 /// Infos per `ListSnapshotsResponse` message.
 const LIST_CHUNK: usize = 100;
@@ -72,6 +72,20 @@ impl Service {
                 match self.prepare_remote(&req, parent, &labels).await {
                     Ok(()) => return Err(Error::AlreadyExists(req.target)),
                     Err(RemoteOutcome::Error(e)) => return Err(e),
+                    Err(RemoteOutcome::Fallback(f)) if f.reason == FallbackReason::ErofsMount => {
+                        tracing::warn!(
+                            layer = %req.layer,
+                            image = req.image,
+                            reason = f.reason.as_str(),
+                            "failing Prepare: {}",
+                            f.why
+                        );
+                        self.metrics.fallback(f.reason);
+                        return Err(Error::Remote {
+                            layer: req.layer.to_string(),
+                            why: f.why,
+                        });
+                    }
                     Err(RemoteOutcome::Fallback(f)) => {
                         tracing::warn!(
                             layer = %req.layer,
@@ -135,7 +149,19 @@ impl Service {
             .await
         {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(Fallback::new(FallbackReason::Mount, why).into());
+            return Err(match layer.format {
+                RemoteFormat::Erofs => Fallback::new(
+                    FallbackReason::ErofsMount,
+                    format!(
+                        "an EROFS layer of {} that did not mount lazily ({why}); containerd \
+                         cannot unpack an EROFS layer (it is not a tar), so the snapshot cannot \
+                         be made. Check the snapshotter's access to the registry and /dev/fuse",
+                        req.image
+                    ),
+                ),
+                RemoteFormat::Estargz => Fallback::new(FallbackReason::Mount, why),
+            }
+            .into());
         }
         let mut labels = labels.clone();
         labels.insert(remote::LABEL_REMOTE.into(), "remote snapshot".into());

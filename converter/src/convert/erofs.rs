@@ -84,7 +84,7 @@ pub fn convert_erofs_layer(
         wrapped.digest
     };
     let descriptor = Descriptor {
-        media_type: opts.format.media_type().to_string(),
+        media_type: opts.layer_media_type().to_string(),
         digest: wrapped.digest,
         size: wrapped.size,
         annotations,
@@ -113,9 +113,11 @@ pub fn convert_erofs_layer(
     })
 }
 
-/// Keep a layer that already is EROFS: copy it unchanged, its diffID from the source config.
+/// Keep a layer that already is EROFS: copy the blob unchanged, its diffID from the source
+/// config, its descriptor renamed to `media_type` (the same framing, under the names asked for).
 pub fn keep_erofs_layer(
     input: &LayerIn<'_>,
+    media_type: &str,
     sink: &dyn BlobSink,
     progress: &dyn Progress,
 ) -> Result<LayerOut> {
@@ -127,7 +129,7 @@ pub fn keep_erofs_layer(
     let report = LayerReport {
         source_digest: desc.digest,
         digest,
-        media_type: desc.media_type.clone(),
+        media_type: media_type.to_string(),
         size,
         source_size: desc.size,
         diff_id,
@@ -144,7 +146,10 @@ pub fn keep_erofs_layer(
         kept: true,
     };
     Ok(LayerOut {
-        descriptor: desc.clone(),
+        descriptor: Descriptor {
+            media_type: media_type.to_string(),
+            ..desc.clone()
+        },
         diff_id,
         report,
     })

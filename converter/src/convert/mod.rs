@@ -18,7 +18,7 @@ pub use layer::{convert_layer, LayerIn, LayerOut, ANNOTATION_SOURCE_DIGEST};
 pub use report::{human_bytes, ConvertReport, DescriptorReport, LayerReport, ManifestReport};
 
 use crate::digest::Digest;
-use crate::erofs::format as erofs_format;
+use crate::erofs::format::{self as erofs_format, ErofsFraming, ErofsMediaTypes};
 use crate::error::{Error, Result, ResultExt};
 use crate::estargz::BlobFormat;
 use crate::oci::{
@@ -51,7 +51,8 @@ impl TargetFormat {
         }
     }
 
-    /// The layer media type of the format.
+    /// The layer media type of the format (EROFS under the erofs-image-spec's names; see
+    /// [`ConvertOptions::layer_media_type`]).
     pub fn media_type(self) -> &'static str {
         match self {
             TargetFormat::Estargz => BlobFormat::Estargz.media_type(),
@@ -109,6 +110,19 @@ pub struct ConvertOptions {
     pub platform: Option<String>,
     /// How registry sources and destinations are reached.
     pub registry: RegistryOptions,
+    /// The names EROFS layers are written under.
+    pub erofs_media_types: ErofsMediaTypes,
+}
+
+impl ConvertOptions {
+    /// The media type converted layers are written with.
+    pub fn layer_media_type(&self) -> &'static str {
+        match self.format {
+            TargetFormat::Erofs => self.erofs_media_types.media_type(ErofsFraming::Zstd),
+            TargetFormat::ErofsRaw => self.erofs_media_types.media_type(ErofsFraming::Raw),
+            other => other.media_type(),
+        }
+    }
 }
 
 impl Default for ConvertOptions {
@@ -121,6 +135,7 @@ impl Default for ConvertOptions {
             threads: None,
             platform: None,
             registry: RegistryOptions::default(),
+            erofs_media_types: ErofsMediaTypes::Spec,
         }
     }
 }
@@ -399,9 +414,7 @@ fn convert_manifest(
         .map(|(i, (l, diff_id))| {
             let report = |done| progress.transfer(Transfer::Pull, &l.digest, l.size, done);
             let blob = source.blob_with_progress(l, &report)?;
-            let out = if l.media_type == erofs_format::MEDIA_TYPE_EROFS
-                || l.media_type == erofs_format::MEDIA_TYPE_EROFS_ZSTD
-            {
+            let out = if let Some(framing) = ErofsFraming::of_media_type(&l.media_type) {
                 if !opts.format.is_erofs() {
                     return Err(Error::Unsupported(format!(
                         "layer {}: converting an EROFS layer to {} is not supported",
@@ -415,7 +428,8 @@ fn convert_manifest(
                     blob,
                     compression: crate::layer::Compression::None,
                 };
-                erofs::keep_erofs_layer(&input, dest, progress)?
+                let media_type = opts.erofs_media_types.media_type(framing);
+                erofs::keep_erofs_layer(&input, media_type, dest, progress)?
             } else {
                 let compression = LayerMediaType::classify(&l.media_type)?.compression;
                 convert_layer(

@@ -265,6 +265,58 @@ pub const S_IFIFO: u16 = 0o010000;
 pub const MEDIA_TYPE_EROFS: &str = "application/vnd.erofs";
 /// Media type of a zstd-framed EROFS layer.
 pub const MEDIA_TYPE_EROFS_ZSTD: &str = "application/vnd.erofs+zstd";
+/// [`MEDIA_TYPE_EROFS`] under the OCI layer prefix. containerd 1.6 treats only media types
+/// starting with `application/vnd.oci.image.layer.` (and Docker's) as layers: its CRI plugin and
+/// `ctr-remote rpull` send a remote snapshotter its labels for those alone, so an EROFS image can
+/// be pulled lazily through containerd 1.6 only under this name. Not in the erofs-image-spec.
+pub const MEDIA_TYPE_OCI_LAYER_EROFS: &str = "application/vnd.oci.image.layer.v1.erofs";
+/// [`MEDIA_TYPE_EROFS_ZSTD`] under the OCI layer prefix, for the reason given at
+/// [`MEDIA_TYPE_OCI_LAYER_EROFS`].
+pub const MEDIA_TYPE_OCI_LAYER_EROFS_ZSTD: &str = "application/vnd.oci.image.layer.v1.erofs+zstd";
+/// Which names an EROFS layer's media type is written under; the bytes are the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErofsMediaTypes {
+    /// The erofs-image-spec's: [`MEDIA_TYPE_EROFS_ZSTD`], [`MEDIA_TYPE_EROFS`].
+    #[default]
+    Spec,
+    /// Under the OCI layer prefix, which containerd 1.6 labels for a remote snapshotter:
+    /// [`MEDIA_TYPE_OCI_LAYER_EROFS_ZSTD`], [`MEDIA_TYPE_OCI_LAYER_EROFS`].
+    OciLayer,
+}
+
+impl ErofsMediaTypes {
+    /// The media type of a layer with this framing.
+    pub fn media_type(self, framing: ErofsFraming) -> &'static str {
+        match (self, framing) {
+            (ErofsMediaTypes::Spec, ErofsFraming::Zstd) => MEDIA_TYPE_EROFS_ZSTD,
+            (ErofsMediaTypes::Spec, ErofsFraming::Raw) => MEDIA_TYPE_EROFS,
+            (ErofsMediaTypes::OciLayer, ErofsFraming::Zstd) => MEDIA_TYPE_OCI_LAYER_EROFS_ZSTD,
+            (ErofsMediaTypes::OciLayer, ErofsFraming::Raw) => MEDIA_TYPE_OCI_LAYER_EROFS,
+        }
+    }
+}
+
+/// How an EROFS layer blob holds the image (§2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErofsFraming {
+    /// One zstd frame per chunk, the chunk index in a skippable frame.
+    Zstd,
+    /// The image bytes, then the raw chunk index.
+    Raw,
+}
+
+impl ErofsFraming {
+    /// The framing an EROFS layer media type names, under either [`ErofsMediaTypes`]; `None`
+    /// when `media_type` is not an EROFS layer's.
+    pub fn of_media_type(media_type: &str) -> Option<ErofsFraming> {
+        match media_type {
+            MEDIA_TYPE_EROFS_ZSTD | MEDIA_TYPE_OCI_LAYER_EROFS_ZSTD => Some(ErofsFraming::Zstd),
+            MEDIA_TYPE_EROFS | MEDIA_TYPE_OCI_LAYER_EROFS => Some(ErofsFraming::Raw),
+            _ => None,
+        }
+    }
+}
+
 /// Media type of the chunk index format.
 pub const MEDIA_TYPE_CHUNK_INDEX_V1: &str = "application/vnd.erofs.chunk-index.v1";
 
@@ -348,6 +400,27 @@ const _: () = assert!(size_of::<ChunkEntryHead>() == 16);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_families_of_media_types_name_a_framing() {
+        for names in [ErofsMediaTypes::Spec, ErofsMediaTypes::OciLayer] {
+            for framing in [ErofsFraming::Zstd, ErofsFraming::Raw] {
+                let mt = names.media_type(framing);
+                assert_eq!(ErofsFraming::of_media_type(mt), Some(framing), "{mt}");
+            }
+        }
+        assert_eq!(
+            ErofsMediaTypes::OciLayer.media_type(ErofsFraming::Zstd),
+            "application/vnd.oci.image.layer.v1.erofs+zstd"
+        );
+        for other in [
+            MEDIA_TYPE_CHUNK_INDEX_V1,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.erofs+gzip",
+        ] {
+            assert_eq!(ErofsFraming::of_media_type(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn device_numbers_round_trip() {
