@@ -682,12 +682,19 @@ pub fn push_plain(registry: &TestRegistry, work: &Path, repo: &str) -> SampleIma
 }
 
 /// `lazypull convert --format FORMAT` of `REPO:plain` into `REPO:TAG`, registry to registry.
-pub fn convert_in_registry(registry: &TestRegistry, repo: &str, format: &str, tag: &str) {
+pub fn convert_in_registry(
+    registry: &TestRegistry,
+    repo: &str,
+    format: &str,
+    extra: &[&str],
+    tag: &str,
+) {
     let src = format!("{}/{repo}:plain", registry.host);
     let dst = format!("{}/{repo}:{tag}", registry.host);
     let out = run_with_timeout(
         Command::new(super::lazypull_bin())
             .args(["convert", "--no-progress", "--format", format])
+            .args(extra)
             .arg(&src)
             .arg(&dst)
             .env("DOCKER_CONFIG", "/nonexistent"),
