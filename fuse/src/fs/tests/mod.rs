@@ -18,7 +18,9 @@ mod tree;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lazypull_converter::erofs::chunk_index::{read_embedded_index, ChunkedImage, ChunkedWriter};
+use lazypull_converter::erofs::chunk_index::{
+    read_embedded_index, ChunkIndex, ChunkedImage, ChunkedWriter,
+};
 use lazypull_converter::erofs::{ErofsBuilder, ErofsOptions, ErofsReader};
 use lazypull_converter::estargz::{BlobFormat, EstargzOptions, EstargzReader, EstargzWriter};
 use lazypull_converter::layer::{IngestOptions, Layer};
@@ -44,6 +46,14 @@ struct Blob {
     /// eStargz: the TOC digest. EROFS: the chunk index's offset and digest.
     toc_digest: Option<Digest>,
     index: Option<(u64, Digest)>,
+}
+
+impl Blob {
+    /// An EROFS blob's chunk index, verified against its digest, and where its frames start.
+    fn erofs_index(&self, file: &FileBlob) -> (ChunkIndex, u64) {
+        let (offset, digest) = self.index.as_ref().expect("an EROFS blob");
+        read_embedded_index(file, true, (*offset, None), Some(digest)).unwrap()
+    }
 }
 
 fn ingest(tar: &[u8]) -> Layer {
@@ -100,9 +110,7 @@ fn open_tree(blob: &Blob) -> Arc<dyn LayerTree> {
             Arc::new(EstargzTree::new(reader).unwrap())
         }
         Format::Erofs => {
-            let (offset, digest) = blob.index.as_ref().unwrap();
-            let (index, start) =
-                read_embedded_index(&file, true, (*offset, None), Some(digest)).unwrap();
+            let (index, start) = blob.erofs_index(&file);
             let image = ChunkedImage::new(file, index, start);
             let reader = ErofsReader::open(image).unwrap();
             Arc::new(ErofsTree::new(reader, blob.path.display().to_string()))

@@ -145,14 +145,7 @@ fn tampered_chunk_reads_eio() {
             Format::Erofs => {
                 // A chunk of the image past its metadata: file data.
                 let file = lazypull_converter::FileBlob::open(&blob.path).unwrap();
-                let (offset, digest) = blob.index.as_ref().unwrap();
-                let (index, start) = lazypull_converter::erofs::chunk_index::read_embedded_index(
-                    &file,
-                    true,
-                    (*offset, None),
-                    Some(digest),
-                )
-                .unwrap();
+                let (index, start) = blob.erofs_index(&file);
                 let n = index.entries().len();
                 assert!(n >= 4, "{n} chunks");
                 let (stored, _) = index.chunk_ranges(n / 2, start);

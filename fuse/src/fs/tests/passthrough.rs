@@ -306,14 +306,7 @@ fn a_tampered_chunk_reads_eio_and_is_never_materialised() {
             Format::Erofs => {
                 // The middle chunk of the image: `big` is nearly all of its data.
                 let file = FileBlob::open(&blob.path).unwrap();
-                let (offset, digest) = blob.index.as_ref().unwrap();
-                let (index, start) = lazypull_converter::erofs::chunk_index::read_embedded_index(
-                    &file,
-                    true,
-                    (*offset, None),
-                    Some(digest),
-                )
-                .unwrap();
+                let (index, start) = blob.erofs_index(&file);
                 let n = index.entries().len();
                 flip(&blob, index.chunk_ranges(n / 2, start).0);
             }
