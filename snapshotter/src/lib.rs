@@ -30,6 +30,8 @@ pub mod mounts;
 pub mod remote;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 
 use std::sync::Arc;
 use std::time::Duration;

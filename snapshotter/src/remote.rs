@@ -409,13 +409,7 @@ pub fn unmount(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_util::labels;
 
     const L: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const M: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
