@@ -146,7 +146,10 @@ impl Drop for Served {
 
 /// The sample image, converted with `extra` options plus `--json`: its source, the output
 /// layout and the report.
-fn convert_sample(tmp: &Path, extra: &[&str]) -> (sample::SampleImage, PathBuf, serde_json::Value) {
+pub(crate) fn convert_sample(
+    tmp: &Path,
+    extra: &[&str],
+) -> (sample::SampleImage, PathBuf, serde_json::Value) {
     let image = sample::write_sample_image(&tmp.join("src"), "t").unwrap();
     let out = tmp.join("out");
     let mut args: Vec<String> = vec!["convert".into(), "--json".into()];
@@ -164,7 +167,7 @@ fn convert_sample(tmp: &Path, extra: &[&str]) -> (sample::SampleImage, PathBuf, 
 }
 
 /// The blob file, in layout `out`, of a layer of a conversion report.
-fn layer_blob(out: &Path, layer: &serde_json::Value) -> PathBuf {
+pub(crate) fn layer_blob(out: &Path, layer: &serde_json::Value) -> PathBuf {
     let digest = layer["digest"].as_str().unwrap();
     out.join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))

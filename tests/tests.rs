@@ -37,6 +37,10 @@ mod mount;
 /// helpers, refused credentials, a registry that stops mid-push.
 mod registry;
 
+/// Hostile content through `lazypull mount`: TOCs with millions of entries or forged names,
+/// sizes and chunks, EROFS directory cycles and bad nids, chunk indexes with a wrong count.
+mod hostile;
+
 /// `lazypull snapshotter` under a private containerd 1.6 (proxy plugin, CRI plugin): lazy pulls
 /// through CRI and `ctr-remote rpull` fetch no layer blob whole, `ctr run` containers read the
 /// image and write to their upper dir, the gzip fallback, restarts, and GC's Remove.

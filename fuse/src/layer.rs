@@ -226,7 +226,10 @@ pub fn open_layer(
         }
         match find_trailing_index(&blob) {
             Ok(Some(found)) => open_erofs(blob, hints, (found.start, None), found.zstd, cache),
-            _ => Err(estargz_err),
+            Ok(None) => Err(estargz_err
+                .context("no EROFS chunk index ends the blob, and it is no eStargz blob either")),
+            // A chunk index is there, but corrupt: that is the error to report.
+            Err(e) => Err(e),
         }
         .map_err(|e| e.context(name()))
     })

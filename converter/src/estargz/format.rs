@@ -52,12 +52,50 @@ pub const ZSTD_CHUNKED_MAGIC: [u8; 8] = *b"GnUlInUx";
 /// zstd:chunked manifest type for a CRFS-style (eStargz) TOC.
 pub const ZSTD_MANIFEST_TYPE_CRFS: u64 = 1;
 
+/// The most entries a TOC may have (files, directories and chunk entries together).
+///
+/// The size limits alone do not bound memory: 36 MiB of gzip can hold 15 million minimal
+/// entries, which took a mount to 15 GiB before it was refused anywhere. Real layers stay far
+/// below this (a million files is already rare); every entry costs about 1 KiB while a TOC is
+/// parsed and indexed, so the limit keeps a hostile TOC to about 2 GiB.
+pub const MAX_TOC_ENTRIES: usize = 1 << 21;
+
 /// The TOC (`stargz.index.json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Toc {
     pub version: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_entries")]
     pub entries: Vec<TocEntry>,
+}
+
+/// Deserialize `entries`, refusing the TOC as soon as it passes [`MAX_TOC_ENTRIES`] (before
+/// the rest is parsed into memory).
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<TocEntry>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<TocEntry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_TOC_ENTRIES} TOC entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(e) = seq.next_element::<TocEntry>()? {
+                if out.len() == MAX_TOC_ENTRIES {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the TOC has more than {MAX_TOC_ENTRIES} entries, the most accepted"
+                    )));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 fn is_zero_i64(v: &i64) -> bool {

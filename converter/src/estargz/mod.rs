@@ -13,7 +13,8 @@ mod write;
 
 pub use format::{Footer, FooterKind, Toc, TocEntry};
 pub use read::{
-    normalise_name, ChunkReader, ChunkRef, EstargzReader, FileEntry, MAX_CHUNK_SIZE, MAX_TOC_SIZE,
+    normalise_name, ChunkReader, ChunkRef, EstargzReader, FileEntry, MAX_CHUNK_SIZE,
+    MAX_TOC_ENTRIES, MAX_TOC_SIZE,
 };
 #[cfg(feature = "write")]
 pub use write::{BlobFormat, EstargzOptions, EstargzWriter, WrittenBlob};

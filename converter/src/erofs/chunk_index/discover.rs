@@ -41,30 +41,76 @@ pub fn find_trailing_index<B: BlobRead + ?Sized>(blob: &B) -> Result<Option<Trai
             break;
         }
         let tail = blob.read_vec(len - tail_len, tail_len)?;
-        if let Some(found) = scan(&tail) {
-            return Ok(Some(TrailingIndex {
-                start: len - tail_len + found.start,
-                zstd: found.zstd,
-            }));
+        match scan(&tail) {
+            Scan::Found(found) => {
+                return Ok(Some(TrailingIndex {
+                    start: len - tail_len + found.start,
+                    zstd: found.zstd,
+                }))
+            }
+            // A header where one belongs, counting other entries than follow it: a corrupt
+            // index, not a blob without one (which would only get a confusing eStargz error).
+            Scan::Miscounted { at, said, found } => {
+                return Err(super::corrupt(format_args!(
+                    "the header at offset {} counts {said} chunks, but {found} entries follow it",
+                    len - tail_len + at
+                )))
+            }
+            _ => {}
         }
         read = tail_len;
     }
     Ok(None)
 }
 
+enum Scan {
+    Found(TrailingIndex),
+    /// No consistent index, but an index header at `at` whose count `said` is not the `found`
+    /// entries between it and the end.
+    Miscounted {
+        at: u64,
+        said: u32,
+        found: u64,
+    },
+    None,
+}
+
 /// The index ending `tail`, its start relative to `tail`.
-fn scan(tail: &[u8]) -> Option<TrailingIndex> {
+fn scan(tail: &[u8]) -> Scan {
     let end = tail.len() as u64;
+    let mut miscounted = Scan::None;
     for entry_len in ENTRY_LENS {
         let mut count = 0u64;
         while let Some(at) = end.checked_sub(HEADER_LEN + count * entry_len) {
             if let Some(found) = header_at(tail, at, count, entry_len) {
-                return Some(found);
+                return Scan::Found(found);
+            }
+            if matches!(miscounted, Scan::None) {
+                if let Some(said) = miscounted_header(tail, at, count, entry_len) {
+                    miscounted = Scan::Miscounted {
+                        at,
+                        said,
+                        found: count,
+                    };
+                }
             }
             count += 1;
         }
     }
-    None
+    miscounted
+}
+
+/// The count of an index header at `at` with entries of `entry_len` bytes that does not
+/// count the `count` entries after it.
+fn miscounted_header(tail: &[u8], at: u64, count: u64, entry_len: u64) -> Option<u32> {
+    let (header, _) =
+        ChunkIndexHeader::read_from_prefix(tail.get(usize::try_from(at).ok()?..)?).ok()?;
+    let said = header.num_chunks.get();
+    (header.magic == CHUNK_INDEX_MAGIC
+        && [CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD].contains(&header.compression_type)
+        && 16 + u64::from(header.hash_size) == entry_len
+        && u64::from(said) != count)
+        .then_some(said)
 }
 
 /// Whether an index header of `count` entries of `entry_len` bytes starts at `at`.

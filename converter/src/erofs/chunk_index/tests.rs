@@ -355,3 +355,34 @@ fn the_trailing_index_is_found_without_annotations() {
     assert_eq!(find_trailing_index(&image(100_000, 3)).unwrap(), None);
     assert_eq!(find_trailing_index(&Vec::<u8>::new()).unwrap(), None);
 }
+
+/// An index header whose count disagrees with the entries after it is a corrupt index, said
+/// as such, rather than a blob without an index.
+#[test]
+fn a_miscounted_trailing_index_is_corrupt() {
+    for (compression, zstd) in [
+        (CHUNK_COMPRESSION_ZSTD, true),
+        (CHUNK_COMPRESSION_NONE, false),
+    ] {
+        let data = image(3 * MIB + 5, 11);
+        let (blob, w) = wrap(&data, compression, MIB as u64);
+        let ann = w.annotations(zstd);
+        let (start, _) = parse_range_annotation(&ann[ANNOTATION_CHUNK_INDEX_RANGE]).unwrap();
+        let header = start as usize + if zstd { 8 } else { 0 };
+        for lie in [3u32, 5, u32::MAX] {
+            let mut bad = blob.clone();
+            bad[header + 16..header + 20].copy_from_slice(&lie.to_le_bytes());
+            let err = find_trailing_index(&bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("counts {lie} chunks, but 4 entries follow")),
+                "zstd {zstd}, count {lie}: {err}"
+            );
+        }
+        // The last entry cut off: the header's count no longer matches.
+        let entry_len = 48;
+        let err = find_trailing_index(&blob[..blob.len() - entry_len])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("counts 4 chunks, but 3 entries"), "{err}");
+    }
+}

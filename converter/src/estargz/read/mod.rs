@@ -23,6 +23,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::estargz::format::{Footer, FooterKind, Toc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use crate::layer::EntryKind;
 
+pub use crate::estargz::format::MAX_TOC_ENTRIES;
 pub use index::{normalise_name, MAX_CHUNK_SIZE};
 pub use toc::MAX_TOC_SIZE;
 

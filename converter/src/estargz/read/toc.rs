@@ -37,7 +37,7 @@ pub(super) fn read_toc_json<B: BlobRead>(blob: &B, footer: &Footer) -> Result<Ve
     }
     let compressed = blob.read_vec(footer.toc_offset, footer.toc_size)?;
     match footer.kind {
-        FooterKind::Estargz | FooterKind::Legacy => toc_from_gzip_tar(&compressed),
+        FooterKind::Estargz | FooterKind::Legacy => toc_from_gzip_tar(compressed),
         FooterKind::ZstdChunked => toc_from_zstd(&compressed, footer.toc_raw_size),
         FooterKind::ExternalToc => Err(Error::Unsupported("external TOC".into())),
     }
@@ -62,14 +62,16 @@ fn read_limited(r: impl Read, limit: u64, what: &str) -> Result<Vec<u8>> {
 }
 
 /// gzip variants: the TOC is one gzip member holding a tar whose first entry is the JSON.
-fn toc_from_gzip_tar(compressed: &[u8]) -> Result<Vec<u8>> {
+/// Buffers are consumed as they are decoded, so at most two copies of a large TOC are alive.
+fn toc_from_gzip_tar(compressed: Vec<u8>) -> Result<Vec<u8>> {
     // `GzDecoder` stops after one member, as the reference does.
     let tar = read_limited(
-        flate2::read::GzDecoder::new(compressed),
+        flate2::read::GzDecoder::new(&compressed[..]),
         MAX_TOC_SIZE + 64 * TAR_BLOCK as u64,
         "decompressing the TOC member",
     )?;
-    first_tar_entry(&tar, TOC_TAR_NAME)
+    drop(compressed);
+    first_tar_entry(tar, TOC_TAR_NAME)
 }
 
 /// zstd:chunked: the TOC is one zstd frame of bare JSON, whose length the footer states.
@@ -93,7 +95,8 @@ fn toc_from_zstd(compressed: &[u8], raw_size: Option<u64>) -> Result<Vec<u8>> {
 
 /// The body of the first entry of `tar`, which must be a regular file called `want`.
 /// Understands ustar/GNU headers and a preceding PAX extended header (`path`, `size`).
-fn first_tar_entry(tar: &[u8], want: &str) -> Result<Vec<u8>> {
+/// The body is cut out of `tar` in place rather than copied.
+fn first_tar_entry(mut tar: Vec<u8>, want: &str) -> Result<Vec<u8>> {
     let bad = |msg: String| Error::format(format!("TOC tar: {msg}"));
     let mut pos = 0usize;
     let mut pax_path: Option<String> = None;
@@ -133,11 +136,14 @@ fn first_tar_entry(tar: &[u8], want: &str) -> Result<Vec<u8>> {
                     return Err(bad(format!("first entry is `{name}`, not `{want}`")));
                 }
                 let size = pax_size.unwrap_or(size);
-                return usize::try_from(size)
+                let end = usize::try_from(size)
                     .ok()
-                    .and_then(|s| tar.get(body_start..body_start.checked_add(s)?))
-                    .map(<[u8]>::to_vec)
-                    .ok_or_else(|| bad(format!("`{want}` of {size} bytes runs past the end")));
+                    .and_then(|s| body_start.checked_add(s))
+                    .filter(|&end| end <= tar.len())
+                    .ok_or_else(|| bad(format!("`{want}` of {size} bytes runs past the end")))?;
+                tar.truncate(end);
+                tar.drain(..body_start);
+                return Ok(tar);
             }
             t => {
                 return Err(bad(format!(

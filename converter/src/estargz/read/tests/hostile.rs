@@ -404,3 +404,35 @@ fn short_member_is_an_error() {
         "{err}"
     );
 }
+
+/// A TOC of `n` minimal directory entries (26 bytes of JSON each).
+fn many_dirs_json(n: usize) -> Vec<u8> {
+    let mut json = br#"{"version":1,"entries":["#.to_vec();
+    for i in 0..n {
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(format!(r#"{{"name":"d{i}","type":"dir"}}"#).as_bytes());
+    }
+    json.extend_from_slice(b"]}");
+    json
+}
+
+#[test]
+fn tocs_with_too_many_entries_are_refused_while_parsing() {
+    // Tiny compressed, huge parsed: the entry limit, not the size limits, must stop it.
+    let json = many_dirs_json(MAX_TOC_ENTRIES + 1);
+    let (blob, digest) = BlobBuilder::new(false).finish_with(&json);
+    assert!(blob.len() < json.len() / 4, "{} compressed", blob.len());
+    let err = EstargzReader::open(&blob, Some(&digest)).err().unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("more than {MAX_TOC_ENTRIES} entries")),
+        "{msg}"
+    );
+    // At the limit the TOC is still read.
+    let json = many_dirs_json(1000);
+    let (blob, digest) = BlobBuilder::new(false).finish_with(&json);
+    let r = EstargzReader::open(&blob, Some(&digest)).unwrap();
+    assert_eq!(r.entries().len(), 1001, "1000 directories and the root");
+}
