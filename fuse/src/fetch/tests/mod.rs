@@ -1,14 +1,12 @@
 //! The fetcher against a local server that misbehaves on demand.
 
-mod server;
-
 use std::io;
 use std::time::{Duration, Instant};
 
 use lazypull_converter::{BlobRead, Error};
 
 use super::{FetchError, FetchErrorKind, FetchOptions, HttpBlob, RangeFetcher};
-use server::{Fault, Server};
+use lazypull_faultserver::{Fault, Server};
 
 use lazypull_converter::sample::XorShift as Rng;
 
