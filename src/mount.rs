@@ -394,6 +394,7 @@ fn stats_json(
             "evictions": c.evictions,
             "verificationFailures": c.corrupt_dropped + c.fetched_mismatches,
             "corruptDropped": c.corrupt_dropped, "fetchedMismatches": c.fetched_mismatches,
+            "refetches": c.refetches,
             "readErrors": c.read_errors, "writeErrors": c.write_errors,
             "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
         },
