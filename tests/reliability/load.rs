@@ -21,6 +21,8 @@ use crate::util::{convert_ok, gzip_layout, oci_ref, skip_unless};
 const READERS: usize = 64;
 const MAX_READ: u64 = 256 << 10;
 const FAULT_RATE: f64 = 0.01;
+/// 64 MiB of chunks on disk (and the default 64 MiB in memory) for a layer of ~300 MB.
+const CACHE_SIZE: &str = "67108864";
 
 /// Seconds per format; `LAZYPULL_LOAD_SECS` shortens it for a quick local run.
 fn duration() -> Duration {
@@ -143,7 +145,11 @@ fn run_load(format: &str, work: &Path, tar: &Arc<Vec<u8>>, files: &Arc<Vec<Sourc
     let server = Server::serve_dir(&work.join("served")).unwrap();
     let source = format!("oci:{}:t", server.url(&format!("/img-{format}")));
     let (mnt, cache) = (work.join("mnt"), work.join(format!("cache-{format}")));
-    let served = Served::start_with(&QUICK, &source, &mnt, &cache);
+    // A disk cache smaller than the layer: evicted chunks are fetched again, so the server
+    // (and its faults) keep being asked for the whole run.
+    let mut flags = QUICK.to_vec();
+    flags.extend(["--cache-size", CACHE_SIZE]);
+    let served = Served::start_with(&flags, &source, &mnt, &cache);
     let pid = served.pid();
     server.random(Some(FaultMix {
         rate: FAULT_RATE,
