@@ -31,6 +31,8 @@ pub struct MountArgs {
     pub insecure_skip_verify: bool,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: u64,
+    /// Bound on the chunk bytes the cache keeps in memory.
+    pub cache_memory_size: u64,
     /// Write the paths of files as they are first read here (a prefetch list).
     pub record: Option<PathBuf>,
     /// Fetch every remaining chunk in the background after mounting.
@@ -200,8 +202,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     let layers = resolve_source(&args, trusted, fetcher.as_ref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Arc::new(
-        ChunkCache::open(CacheOptions::new(&cache_dir, args.cache_size))
-            .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
+        ChunkCache::open(CacheOptions {
+            memory_bytes: args.cache_memory_size,
+            ..CacheOptions::new(&cache_dir, args.cache_size)
+        })
+        .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
     );
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("creating {}", args.mountpoint.display()))?;
