@@ -298,6 +298,9 @@ fn kill_during_background_fetch(format: &str) {
         assert!(got == *data, "{path} after the restart");
     }
     served.stop();
+    // Whatever temp file the killed writer left was removed when the cache was opened again.
+    let temps: Vec<_> = std::fs::read_dir(cache.join("tmp")).unwrap().collect();
+    assert!(temps.is_empty(), "{temps:?}");
     assert_eq!(mounts_under(tmp.path()), Vec::<PathBuf>::new());
 
     // Corrupt what the cache holds: a flipped byte, a truncated file, an emptied file.
