@@ -22,7 +22,7 @@ use crate::util::{convert_ok, gzip_layout, lazypull, oci_ref, skip_unless};
 /// Flags of every mount here: small fetch timeouts so that a failing read fails fast (the
 /// numbers are `TIMEOUT_S` and `RETRIES`), and no prefetch, background fetch or passthrough, so
 /// that reads are what reaches the server.
-pub(crate) const QUICK: [&str; 7] = [
+const QUICK: [&str; 7] = [
     "--fetch-timeout",
     "2",
     "--fetch-retries",
@@ -59,7 +59,7 @@ fn payload(len: usize, seed: u64, noisy: bool) -> Vec<u8> {
 
 /// The files of the test layer: several chunks each (the layer is converted with 256 KiB
 /// chunks), compressible and not, and a small one.
-pub(crate) fn layer_files() -> Vec<(String, Vec<u8>)> {
+fn layer_files() -> Vec<(String, Vec<u8>)> {
     vec![
         ("data/small.txt".into(), payload(3000, 1, false)),
         ("data/noise.bin".into(), payload(1_300_000, 2, true)),
@@ -70,7 +70,7 @@ pub(crate) fn layer_files() -> Vec<(String, Vec<u8>)> {
 
 /// An image of `layers` (each a list of files; directories are added) converted to `format`
 /// with 256 KiB chunks, as the OCI layout `root/img`, tag `t`.
-pub(crate) fn converted_image(root: &Path, format: &str, layers: &[&[(String, Vec<u8>)]]) {
+fn converted_image(root: &Path, format: &str, layers: &[&[(String, Vec<u8>)]]) {
     let tars: Vec<Vec<u8>> = layers
         .iter()
         .map(|files| {
