@@ -203,6 +203,12 @@ pub(crate) struct MountCmd {
     /// Example: --cache-size 10737418240 (10 GiB, the default)
     #[arg(long, default_value_t = 10 << 30)]
     pub(crate) cache_size: u64,
+    /// The most bytes of chunks kept in memory, in front of the disk cache (most of the
+    /// server's resident memory while reads are served).
+    ///
+    /// Example: --cache-memory-size 16777216 (default 64 MiB)
+    #[arg(long, default_value_t = lazypull_fuse::cache::DEFAULT_MEMORY_BYTES)]
+    pub(crate) cache_memory_size: u64,
     /// Write the path of every file as it is first read, in order, one per line: the input of
     /// `lazypull convert --prefetch-list`.
     ///

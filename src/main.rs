@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             insecure_skip_verify: m.insecure_skip_verify,
             cache_dir: m.cache_dir,
             cache_size: m.cache_size,
+            cache_memory_size: m.cache_memory_size,
             record: m.record,
             background_fetch: !m.no_background_fetch,
             background_rate: m.background_rate,

@@ -31,6 +31,8 @@ pub struct MountArgs {
     pub insecure_skip_verify: bool,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: u64,
+    /// Bound on the chunk bytes the cache keeps in memory.
+    pub cache_memory_size: u64,
     /// Write the paths of files as they are first read here (a prefetch list).
     pub record: Option<PathBuf>,
     /// Fetch every remaining chunk in the background after mounting.
@@ -64,6 +66,17 @@ pub(crate) struct LayerToMount {
     pub(crate) hints: LayerHints,
 }
 
+/// Where the layers of an image of several layers are mounted, beside `mountpoint`.
+fn staging_dir(mountpoint: &Path) -> PathBuf {
+    mountpoint.with_file_name(format!(
+        ".{}.lazypull-layers",
+        mountpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ))
+}
+
 /// Layers mounted, and stacked by overlayfs when there are several.
 pub(crate) struct MountedImage {
     handles: Vec<MountHandle>,
@@ -84,13 +97,7 @@ pub(crate) fn mount_image(
     opts: &MountOptions,
     with_prefetch: bool,
 ) -> Result<MountedImage> {
-    let staging = mountpoint.with_file_name(format!(
-        ".{}.lazypull-layers",
-        mountpoint
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
+    let staging = staging_dir(mountpoint);
     let mut image = MountedImage {
         handles: Vec::new(),
         overlay: None,
@@ -195,8 +202,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     let layers = resolve_source(&args, trusted, fetcher.as_ref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Arc::new(
-        ChunkCache::open(CacheOptions::new(&cache_dir, args.cache_size))
-            .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
+        ChunkCache::open(CacheOptions {
+            memory_bytes: args.cache_memory_size,
+            ..CacheOptions::new(&cache_dir, args.cache_size)
+        })
+        .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
     );
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("creating {}", args.mountpoint.display()))?;
@@ -394,6 +404,7 @@ fn stats_json(
             "evictions": c.evictions,
             "verificationFailures": c.corrupt_dropped + c.fetched_mismatches,
             "corruptDropped": c.corrupt_dropped, "fetchedMismatches": c.fetched_mismatches,
+            "refetches": c.refetches,
             "readErrors": c.read_errors, "writeErrors": c.write_errors,
             "bytesOnDisk": c.bytes_on_disk, "entries": c.entries,
         },
@@ -411,7 +422,20 @@ pub fn run_umount(mountpoint: &Path) -> Result<()> {
     umount(mountpoint).or_else(|_| {
         lazypull_fuse::fs::unmount(mountpoint)
             .with_context(|| format!("unmounting {}", mountpoint.display()))
-    })
+    })?;
+    // A live server unmounts its layers itself once the overlay is gone; the layers of a dead
+    // one are left to us.
+    let staging = staging_dir(mountpoint);
+    if let Ok(dirs) = std::fs::read_dir(&staging) {
+        for dir in dirs.flatten() {
+            if clear_stale_mount(&dir.path()) {
+                let _ = std::fs::remove_dir(dir.path());
+            }
+        }
+        // Only when empty: a live server still uses its directories until it has unmounted.
+        let _ = std::fs::remove_dir(&staging);
+    }
+    Ok(())
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -546,11 +570,15 @@ fn is_mountpoint(path: &Path) -> bool {
     })
 }
 
-fn clear_stale_mount(path: &Path) {
-    if is_mountpoint(path) && std::fs::metadata(path).is_err() {
+/// Detach a mount at `path` left by a server that died (`kill -9`, a crash, OOM); whether
+/// there was one.
+fn clear_stale_mount(path: &Path) -> bool {
+    let stale = is_mountpoint(path) && lazypull_fuse::fs::is_disconnected(path);
+    if stale {
         tracing::warn!("{}: clearing a stale mount", path.display());
         let _ = lazypull_fuse::fs::unmount(path);
     }
+    stale
 }
 
 fn mount_overlay(target: &Path, data: &str) -> Result<()> {

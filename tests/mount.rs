@@ -86,6 +86,19 @@ impl Served {
         served
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL the server and reap it: its FUSE mounts are left dead behind it, as after a
+    /// crash.
+    pub(crate) fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9 lazypull mount");
+        child.wait().expect("reaping lazypull mount");
+    }
+
     /// `lazypull umount`, then the server must exit on its own, successfully; its stderr.
     pub(crate) fn stop(mut self) -> String {
         let out = lazypull(&["umount".to_string(), self.mountpoint.display().to_string()]);

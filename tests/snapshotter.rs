@@ -433,3 +433,109 @@ fn removed_image_leaves_no_mount_after_gc() {
         .unwrap_or_default();
     assert!(left.is_empty(), "snapshot directories left: {left:?}");
 }
+
+/// `kill -9` of the snapshotter in the middle of a lazy pull: the pull fails, and after a
+/// restart on the same root (its redb metadata as the crash left it) the pull completes, a
+/// container reads every file, each layer is mounted once, and removing the image leaves no
+/// mount behind.
+#[test]
+fn snapshotter_killed_during_a_lazy_pull_recovers() {
+    if !supported() {
+        return;
+    }
+    let mut lazy = Lazy::start();
+    let reference = lazy.reference("esgz");
+    std::thread::scope(|s| {
+        let pull = s.spawn(|| lazy.containerd.rpull(NS, &reference));
+        // Killed once the first layer is being served: the pull is past its first Prepare.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lazy.fuse_mounts().is_empty() && !pull.is_finished() {
+            assert!(Instant::now() < deadline, "no layer was mounted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lazy.snapshotter.kill();
+        let out = pull.join().unwrap();
+        eprintln!(
+            "rpull with the snapshotter killed: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    });
+    lazy.snapshotter.resume();
+    lazy.containerd.wait_for_snapshotter(NS);
+    // containerd's gRPC client backs off after the connection failures of the crash and fails
+    // calls fast with "unavailable" until it dials again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = lazy.containerd.rpull(NS, &reference);
+        let unavailable = String::from_utf8_lossy(&out.stderr).contains(": unavailable");
+        if out.status.success() || !unavailable || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        out.status.success(),
+        "rpull after the restart: {}\nsnapshotter running: {}, log:\n{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lazy.snapshotter.running(),
+        lazy.snapshotter.log(),
+        lazy.containerd.log()
+    );
+    checksums_pass(&lazy.containerd, NS, SNAPSHOTTER, &reference);
+    assert_eq!(lazy.fuse_mounts().len(), 2, "one FUSE mount per layer");
+    let committed = lazy.containerd.snapshots(NS, SNAPSHOTTER);
+    assert!(
+        committed.iter().filter(|s| s.2 == "Committed").count() >= 2,
+        "{committed:?}"
+    );
+    lazy.assert_served_remotely("esgz");
+    remove_and_expect_no_mounts(&lazy, &reference);
+}
+
+/// `kill -9` of a layer's `lazypull mount` server (and, separately, of the snapshotter after a
+/// pull): the next container's Prepare clears the dead mount and serves the layer again, the
+/// container reads every file, and no mount outlives the image.
+#[test]
+fn killed_layer_server_and_snapshotter_are_recovered() {
+    if !supported() {
+        return;
+    }
+    let mut lazy = Lazy::start();
+    let reference = lazy.reference("erofs");
+    let out = lazy.containerd.rpull(NS, &reference);
+    assert!(out.status.success(), "rpull: {out:?}");
+    let servers = lazy.snapshotter.layer_servers();
+    assert_eq!(servers.len(), 2, "one layer server per layer: {servers:?}");
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(servers[1] as i32, libc::SIGKILL) }, 0);
+    lazy.wait_until(10, "the killed layer server is still there", || {
+        !lazy.snapshotter.layer_servers().contains(&servers[1])
+    });
+    checksums_pass(&lazy.containerd, NS, SNAPSHOTTER, &reference);
+    assert_eq!(lazy.fuse_mounts().len(), 2, "layers mounted twice");
+    assert_eq!(lazy.snapshotter.layer_servers().len(), 2);
+
+    // Now the snapshotter itself, with its layers served: they stay, and are adopted.
+    let before = lazy.containerd.snapshots(NS, SNAPSHOTTER);
+    lazy.snapshotter.kill();
+    lazy.snapshotter.resume();
+    lazy.containerd.wait_for_snapshotter(NS);
+    assert_eq!(lazy.containerd.snapshots(NS, SNAPSHOTTER), before);
+    checksums_pass(&lazy.containerd, NS, SNAPSHOTTER, &reference);
+    assert_eq!(lazy.fuse_mounts().len(), 2, "layers mounted twice");
+    remove_and_expect_no_mounts(&lazy, &reference);
+}
+
+/// `ctr images rm --sync`, then containerd's GC removes the snapshots and nothing stays
+/// mounted under the snapshotter's root.
+fn remove_and_expect_no_mounts(lazy: &Lazy, reference: &str) {
+    lazy.containerd
+        .ctr_ok(NS, &["images", "rm", "--sync", reference]);
+    lazy.wait_until(30, "containerd's GC did not remove the snapshots", || {
+        lazy.containerd.snapshots(NS, SNAPSHOTTER).is_empty()
+    });
+    lazy.wait_until(30, "mounts are left under the snapshotter's root", || {
+        mounts_under(&lazy.snapshotter.root).is_empty()
+    });
+}

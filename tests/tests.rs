@@ -46,6 +46,11 @@ mod hostile;
 /// image and write to their upper dir, the gzip fallback, restarts, and GC's Remove.
 mod snapshotter;
 
+/// Lazy mounts under a misbehaving server (every fault of `lazypull-faultserver`: source bytes
+/// or EIO in bounded time, then recovery), `kill -9` of the mount mid-fetch (no stale mount, no
+/// corrupt chunk served), and 64 readers over a realistic layer with 1% faults for 60 s.
+mod reliability;
+
 /// The command line: help texts and `lazypull demo`.
 mod cli;
 

@@ -389,10 +389,10 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// Detach a mount whose server is gone (it answers ENOTCONN). Opening the directory asks the
-/// server; a `stat` would not (the kernel caches the root's attributes for an hour).
+/// Detach a mount whose server is gone (it answers ENOTCONN; a `stat` would not tell, the
+/// kernel caches the root's attributes for an hour).
 pub fn clear_stale(path: &Path) {
-    if is_mounted(path) && std::fs::read_dir(path).is_err() {
+    if is_mounted(path) && lazypull_fuse::fs::is_disconnected(path) {
         tracing::warn!("{}: clearing a stale layer mount", path.display());
         let _ = lazypull_fuse::fs::unmount(path);
     }

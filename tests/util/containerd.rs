@@ -189,6 +189,34 @@ impl TestSnapshotter {
         }
     }
 
+    /// SIGKILL and reap, as a crash would end it: no cleanup of its own runs.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the snapshotter is running");
+        child.kill().expect("kill -9 lazypull snapshotter");
+        child.wait().expect("reaping lazypull snapshotter");
+    }
+
+    /// The pids of the detached `lazypull mount` processes serving layers under its root.
+    pub fn layer_servers(&self) -> Vec<u32> {
+        let root = self.root.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == "mount") && args.iter().any(|a| a.starts_with(&root)) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

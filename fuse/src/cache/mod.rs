@@ -43,12 +43,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lazypull_converter::{Digest, Error, Result, ResultExt};
 
+use crate::fetch::FetchError;
+
 use disk::{DiskRead, DiskStore};
 use flight::{Flights, Role};
 use memory::MemoryTier;
 
 /// The memory tier's default size.
 pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+
+/// Fetches of a chunk after the first whose bytes failed verification or decoding.
+const REFETCHES: u32 = 2;
 
 /// Where the cache lives and how large it may grow.
 #[derive(Debug, Clone)]
@@ -89,6 +94,8 @@ pub struct CacheStats {
     pub corrupt_dropped: u64,
     /// Fetches by `get_or_fetch` whose bytes did not match their digest (nothing was cached).
     pub fetched_mismatches: u64,
+    /// Fetches repeated by `get_or_fetch` because the bytes failed verification or decoding.
+    pub refetches: u64,
     /// Disk reads that failed with an I/O error (served as misses, file left alone).
     pub read_errors: u64,
     /// Writes to disk that failed inside `get_or_fetch` (the fetched data was still returned).
@@ -118,6 +125,7 @@ struct Counters {
     evictions: AtomicU64,
     corrupt_dropped: AtomicU64,
     fetched_mismatches: AtomicU64,
+    refetches: AtomicU64,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     fetches: AtomicU64,
@@ -259,6 +267,7 @@ impl ChunkCache {
             evictions: load(&c.evictions),
             corrupt_dropped: load(&c.corrupt_dropped),
             fetched_mismatches: load(&c.fetched_mismatches),
+            refetches: load(&c.refetches),
             read_errors: load(&c.read_errors),
             write_errors: load(&c.write_errors),
             fetches: load(&c.fetches),
@@ -281,8 +290,9 @@ impl ChunkCache {
 
     /// The chunk `digest` from the cache, else from `fetch`, run once however many callers miss
     /// on `digest` at the same time (the others wait for its outcome). Fetched bytes are verified
-    /// against `digest` before they are cached or returned: a mismatch is
-    /// `Error::DigestMismatch` naming the digest, and nothing is cached. A fetch error goes to
+    /// against `digest` before they are cached or returned; bytes that fail (or that `fetch`
+    /// could not decode) are fetched again, up to `REFETCHES` times, after which the mismatch
+    /// is `Error::DigestMismatch` naming the digest, and nothing is cached. A fetch error goes to
     /// every waiter and is not cached; the next call fetches again.
     ///
     /// A failure to write the verified chunk to disk does not fail the read: the data is
@@ -291,7 +301,7 @@ impl ChunkCache {
     pub fn get_or_fetch(
         &self,
         digest: &Digest,
-        fetch: impl FnOnce() -> Result<Vec<u8>>,
+        mut fetch: impl FnMut() -> Result<Vec<u8>>,
     ) -> Result<Arc<[u8]>> {
         if !crate::demand::network_allowed() {
             // Only a look: the caller retries with the network allowed, and counts the miss then.
@@ -315,25 +325,42 @@ impl ChunkCache {
             return leader.finish(Ok(data));
         }
         bump(&self.counters.fetches, 1);
-        let outcome = fetch()
-            .with_context(|| format!("fetching chunk {digest}"))
-            .and_then(|bytes| {
-                verify(digest, &bytes, "fetched")?;
-                let data: Arc<[u8]> = bytes.into();
-                self.memory().insert(*digest, Arc::clone(&data));
-                if self.store(digest, &data).is_err() {
-                    bump(&self.counters.write_errors, 1);
-                }
-                Ok(data)
-            });
-        if outcome
-            .as_ref()
-            .is_err_and(|e| matches!(e.root(), Error::DigestMismatch { .. }))
-        {
-            bump(&self.counters.fetched_mismatches, 1);
-        }
+        let mut attempt = 0;
+        let outcome = loop {
+            let outcome = fetch()
+                .with_context(|| format!("fetching chunk {digest}"))
+                .and_then(|bytes| verify(digest, &bytes, "fetched").map(|()| bytes));
+            let Err(e) = &outcome else {
+                break outcome;
+            };
+            if matches!(e.root(), Error::DigestMismatch { .. }) {
+                bump(&self.counters.fetched_mismatches, 1);
+            }
+            if !bad_bytes(e) || attempt == REFETCHES {
+                break outcome;
+            }
+            attempt += 1;
+            bump(&self.counters.refetches, 1);
+            tracing::warn!("chunk {digest}: fetching again after bad bytes: {e}");
+        };
+        let outcome = outcome.map(|bytes| {
+            let data: Arc<[u8]> = bytes.into();
+            self.memory().insert(*digest, Arc::clone(&data));
+            if self.store(digest, &data).is_err() {
+                bump(&self.counters.write_errors, 1);
+            }
+            data
+        });
         leader.finish(outcome)
     }
+}
+
+/// Whether `e` says that bytes arrived but failed verification or decoding: a proxy or a link
+/// may have damaged them, so they are worth fetching again. Fetch errors (statuses, timeouts,
+/// short bodies) are not: the fetcher has already retried those.
+fn bad_bytes(e: &Error) -> bool {
+    FetchError::find(e).is_none()
+        && matches!(e.root(), Error::DigestMismatch { .. } | Error::Format(_))
 }
 
 /// Check that `data` hashes to `digest`; `how` says where the data came from.

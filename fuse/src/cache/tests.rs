@@ -304,7 +304,7 @@ fn single_flight_fetches_once_for_sixteen_readers() {
                         calls.fetch_add(1, Ordering::SeqCst);
                         // Long enough that every reader arrives while the fetch is in flight.
                         thread::sleep(Duration::from_millis(200));
-                        Ok(data)
+                        Ok(data.clone())
                     })
                     .unwrap()
             })
@@ -332,7 +332,7 @@ fn wrong_fetched_bytes_are_a_mismatch_for_every_waiter_and_nothing_is_cached() {
                 start.wait();
                 cache.get_or_fetch(&d, || {
                     thread::sleep(Duration::from_millis(100));
-                    Ok(wrong)
+                    Ok(wrong.clone())
                 })
             })
         })
@@ -349,6 +349,41 @@ fn wrong_fetched_bytes_are_a_mismatch_for_every_waiter_and_nothing_is_cached() {
     // Not cached: the next call fetches again.
     let got = cache.get_or_fetch(&d, || Ok(data.clone())).unwrap();
     assert_eq!(&*got, &data[..]);
+}
+
+#[test]
+fn bad_bytes_are_fetched_again_and_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::open(CacheOptions::new(dir.path(), 1 << 20)).unwrap();
+    let (d, data) = chunk(1, 1000);
+    let (_, wrong) = chunk(2, 1000);
+    // Damaged once, then right: the read succeeds with the right bytes.
+    let mut calls = 0;
+    let got = cache
+        .get_or_fetch(&d, || {
+            calls += 1;
+            Ok(if calls == 1 {
+                wrong.clone()
+            } else {
+                data.clone()
+            })
+        })
+        .unwrap();
+    assert_eq!((&*got, calls), (&data[..], 2));
+    let s = cache.stats();
+    assert_eq!((s.fetched_mismatches, s.refetches, s.inserts), (1, 1, 1));
+    // Undecodable every time: three attempts, then the decoder's error.
+    let (d, _) = chunk(3, 1000);
+    let mut calls = 0;
+    let err = cache
+        .get_or_fetch(&d, || {
+            calls += 1;
+            Err(Error::format("decompressing: corrupt deflate stream"))
+        })
+        .unwrap_err();
+    assert_eq!(calls, 1 + REFETCHES);
+    assert!(err.to_string().contains("corrupt deflate"), "{err}");
+    assert!(!cache.contains(&d));
 }
 
 #[test]

@@ -379,6 +379,9 @@ pub(crate) async fn get_span(
                     expected: want,
                 }));
             }
+            // It honours Range after all (one 200 may have come from a misbehaving proxy or a
+            // replica): fetch ranges apart again rather than stream the gaps between them.
+            remote.ignores_ranges.store(false, Ordering::Relaxed);
             0
         }
         // The server ignored Range and sends the whole blob: skip to the span, stop after it.

@@ -49,7 +49,7 @@ use pool::Pool;
 
 pub use erofs::ErofsTree;
 pub use estargz::{ChunkSource, EstargzTree, ReaderChunks};
-pub use mount::{mount, unmount, MountError, MountHandle, MountOptions};
+pub use mount::{is_disconnected, mount, unmount, MountError, MountHandle, MountOptions};
 use passthrough::{LayerDir, LayerPass, OpenAs, FH_CACHED, FH_PASSTHROUGH};
 pub use passthrough::{Passthrough, PassthroughError, PassthroughStats, DEFAULT_BUDGET};
 pub use record::AccessRecorder;

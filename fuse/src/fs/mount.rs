@@ -251,3 +251,21 @@ pub fn unmount(path: &Path) -> Result<(), MountError> {
     }
     Ok(())
 }
+
+/// Whether `path` is a mount whose FUSE server is gone ("Transport endpoint is not
+/// connected"). `statfs` asks the server every time, where `stat` may be answered from
+/// attributes the kernel cached while the server lived, and an overlay passes it on to its
+/// lower layers, so a dead layer below an overlay counts too.
+pub fn is_disconnected(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is NUL-terminated and `buf` has room for one `statfs`, for the whole call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    rc != 0
+        && matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        )
+}

@@ -1,14 +1,12 @@
 //! The fetcher against a local server that misbehaves on demand.
 
-mod server;
-
 use std::io;
 use std::time::{Duration, Instant};
 
 use lazypull_converter::{BlobRead, Error};
 
 use super::{FetchError, FetchErrorKind, FetchOptions, HttpBlob, RangeFetcher};
-use server::{Fault, Server};
+use lazypull_faultserver::{Fault, Server};
 
 use lazypull_converter::sample::XorShift as Rng;
 
@@ -156,6 +154,17 @@ fn a_server_ignoring_range_is_sliced_and_then_asked_once() {
     assert_eq!(blob.read_vec(500, 10).unwrap(), data[500..510]);
     assert_eq!(fetcher.stats().retries, 0);
     assert!(blob.server_ignores_ranges());
+    // The next answer is a 206: ranges are fetched apart again, not streamed with their gaps.
+    assert_eq!(blob.read_vec(600, 10).unwrap(), data[600..610]);
+    assert!(!blob.server_ignores_ranges());
+    let hits = server.hits("/blob");
+    let got = blob.read_ranges(&[(10, 5), (900_000, 5)]).unwrap();
+    assert_eq!(
+        got,
+        vec![data[10..15].to_vec(), data[900_000..900_005].to_vec()]
+    );
+    assert_eq!(server.hits("/blob"), hits + 2);
+    assert!(fetcher.stats().bytes < 10_000, "{:?}", fetcher.stats());
     // A server that never honours Range: many far ranges become one streamed request.
     let ignoring = HttpBlob::open(&fetcher, &server.url("/ignore")).unwrap();
     assert_eq!(
