@@ -342,10 +342,11 @@ fn keep_alive_reuses_few_connections() {
         );
     }
     // hyper hands a finished connection back to the pool from its own task, so a request sent
-    // right after a read may rarely find the pool empty for a moment and open another one.
+    // right after a read may find the pool empty for a moment and open another one (more often
+    // on a loaded machine: 4 were seen). Without keep-alive it would be 200.
     let sequential = server.connections();
     assert!(
-        sequential <= 3,
+        sequential <= 10,
         "{sequential} connections for sequential reads"
     );
     // Concurrent requests, at most `connections` (4) in flight, need about as many connections.
@@ -355,7 +356,7 @@ fn keep_alive_reuses_few_connections() {
     }
     let total = server.connections();
     assert!(
-        total <= 8,
+        total <= sequential + 12,
         "{total} connections for 80 requests, 4 at a time"
     );
 }
