@@ -24,7 +24,11 @@ const SKIPPED: [&str; 2] = ["large", "many-files"];
 const CHUNK: u64 = 4096;
 
 fn main() {
-    let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into()));
+    let root = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fuzz/corpus".into()),
+    );
     for layer in sample::layers(CHUNK) {
         if SKIPPED.contains(&layer.name) {
             continue;
@@ -34,7 +38,12 @@ fn main() {
         put(&root, "tar_ingest", &format!("{name}.tar"), tar);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(tar).unwrap();
-        put(&root, "tar_ingest", &format!("{name}.tar.gz"), &gz.finish().unwrap());
+        put(
+            &root,
+            "tar_ingest",
+            &format!("{name}.tar.gz"),
+            &gz.finish().unwrap(),
+        );
         let zst = zstd::bulk::compress(tar, 1).unwrap();
         put(&root, "tar_ingest", &format!("{name}.tar.zst"), &zst);
 
@@ -49,12 +58,22 @@ fn main() {
             EstargzWriter::new(opts)
                 .write(&ingested, &mut blob, &|_| {})
                 .expect("sample converts");
-            put(&root, target, &format!("{name}.blob"), &[&[0][..], &blob].concat());
+            put(
+                &root,
+                target,
+                &format!("{name}.blob"),
+                &[&[0][..], &blob].concat(),
+            );
             // The split form: what precedes the TOC, and the TOC JSON for the target to frame.
             let reader = EstargzReader::open(&blob, None).expect("sample blob opens");
             let payload = &blob[..reader.footer().toc_offset as usize];
             let framed = join_payload(payload, &reader.toc().to_json());
-            put(&root, target, &format!("{name}.split"), &[&[1][..], &framed].concat());
+            put(
+                &root,
+                target,
+                &format!("{name}.split"),
+                &[&[1][..], &framed].concat(),
+            );
         }
 
         let mut image = Vec::new();
@@ -62,18 +81,35 @@ fn main() {
             .build(&ingested, &mut image)
             .expect("sample builds");
         put(&root, "erofs_image", &format!("{name}.erofs"), &image);
-        for (suffix, compression) in [("zstd", CHUNK_COMPRESSION_ZSTD), ("raw", CHUNK_COMPRESSION_NONE)] {
+        for (suffix, compression) in [
+            ("zstd", CHUNK_COMPRESSION_ZSTD),
+            ("raw", CHUNK_COMPRESSION_NONE),
+        ] {
             let mut blob = Vec::new();
             let mut w = ChunkedWriter::new(&mut blob, compression, 2 * CHUNK, 3);
             w.write_all(&image).unwrap();
             let wrapped = w.finish().expect("sample wraps");
-            put(&root, "erofs_chunk_index", &format!("{name}.{suffix}"), &[&[0][..], &blob].concat());
+            put(
+                &root,
+                "erofs_chunk_index",
+                &format!("{name}.{suffix}"),
+                &[&[0][..], &blob].concat(),
+            );
             // The bare index payload, for the target's `ChunkIndex::parse` mode.
             let start = wrapped.index_offset;
-            let frame = if compression == CHUNK_COMPRESSION_ZSTD { 8 } else { 0 };
+            let frame = if compression == CHUNK_COMPRESSION_ZSTD {
+                8
+            } else {
+                0
+            };
             let payload = &blob[(start + frame) as usize..];
             let seed = [&[1][..], &start.to_le_bytes(), payload].concat();
-            put(&root, "erofs_chunk_index", &format!("{name}.{suffix}.index"), &seed);
+            put(
+                &root,
+                "erofs_chunk_index",
+                &format!("{name}.{suffix}.index"),
+                &seed,
+            );
         }
     }
     oci(&root);
@@ -85,9 +121,24 @@ fn oci(root: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let img = sample::write_sample_image(&dir.path().join("layout"), "latest").unwrap();
     let read = |p: PathBuf| fs::read(p).unwrap();
-    put(root, "oci_json", "index.json", &read(img.dir.join("index.json")));
-    put(root, "oci_json", "manifest.json", &read(img.blob_path(&img.manifest.digest)));
-    put(root, "oci_json", "config.json", &read(img.blob_path(&img.config.digest)));
+    put(
+        root,
+        "oci_json",
+        "index.json",
+        &read(img.dir.join("index.json")),
+    );
+    put(
+        root,
+        "oci_json",
+        "manifest.json",
+        &read(img.blob_path(&img.manifest.digest)),
+    );
+    put(
+        root,
+        "oci_json",
+        "config.json",
+        &read(img.blob_path(&img.config.digest)),
+    );
     let list = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":528,"digest":"sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270","platform":{"architecture":"arm","os":"linux","variant":"v7"}}]}"#;
     put(root, "oci_json", "docker-list.json", list);
 }

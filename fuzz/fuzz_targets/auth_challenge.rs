@@ -2,8 +2,8 @@
 //! image reference parser: strings a registry or a user hands us.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_converter::registry::{Challenge, Credentials, Reference};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(!c.scheme.is_empty(), "a challenge always has a scheme");
         assert_eq!(c.scheme, c.scheme.to_ascii_lowercase());
         for key in c.params.keys() {
-            assert_eq!(*key, key.to_ascii_lowercase(), "parameter names are lowercase");
+            assert_eq!(
+                *key,
+                key.to_ascii_lowercase(),
+                "parameter names are lowercase"
+            );
         }
     }
     if let Ok(c) = Credentials::parse(&s) {

@@ -6,12 +6,12 @@
 //! whose section starts at the offset the first 8 bytes give (odd).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_converter::erofs::chunk_index::{
     find_trailing_index, parse_range_annotation, read_embedded_index, ChunkIndex, ChunkedImage,
 };
 use lazypull_converter::BlobRead;
 use lazypull_fuzz::exercise_erofs;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -61,11 +61,22 @@ fn check_index(index: &ChunkIndex, start: u64) {
     let n = index.entries().len();
     for i in 0..n.min(64) {
         let (blob, image) = index.chunk_ranges(i, start);
-        assert!(blob.start <= blob.end && image.start <= image.end, "chunk {i}");
+        assert!(
+            blob.start <= blob.end && image.start <= image.end,
+            "chunk {i}"
+        );
     }
     let size = index.uncompressed_size;
-    for (off, len) in [(0, 1), (size / 2, 4096), (size.saturating_sub(1), 1), (size, 1)] {
+    for (off, len) in [
+        (0, 1),
+        (size / 2, 4096),
+        (size.saturating_sub(1), 1),
+        (size, 1),
+    ] {
         let r = index.chunks_for(off, len);
-        assert!(r.start <= r.end && r.end <= n, "chunks_for({off}, {len}) = {r:?} of {n}");
+        assert!(
+            r.start <= r.end && r.end <= n,
+            "chunks_for({off}, {len}) = {r:?} of {n}"
+        );
     }
 }

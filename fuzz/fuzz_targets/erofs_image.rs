@@ -2,8 +2,8 @@
 //! inline and shared xattrs, flat and chunk-based data, symlinks, the tree walk.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_fuzz::exercise_erofs;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     exercise_erofs(data);

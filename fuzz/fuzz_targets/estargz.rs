@@ -6,8 +6,8 @@
 //! land in the JSON and the entries instead of breaking the footer or the gzip member.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_fuzz::{exercise_estargz, gzip_blob, split_payload};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -4,11 +4,11 @@
 //! `add_erofs_os_feature`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_converter::convert::add_erofs_os_feature;
 use lazypull_converter::oci::media::LayerMediaType;
 use lazypull_converter::oci::{rewrite_config, Index, Manifest, PlatformFilter};
 use lazypull_converter::Digest;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(index) = Index::from_json(data) {
@@ -52,5 +52,8 @@ fn config(data: &[u8]) {
     let v: serde_json::Value = serde_json::from_slice(&out).expect("a rewritten config parses");
     let got = &v["rootfs"]["diff_ids"];
     let want = serde_json::to_value(&ids).unwrap();
-    assert_eq!(*got, want, "rewrite_config replaced the diff_ids serde_json reads");
+    assert_eq!(
+        *got, want,
+        "rewrite_config replaced the diff_ids serde_json reads"
+    );
 }

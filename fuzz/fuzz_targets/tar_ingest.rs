@@ -6,10 +6,10 @@
 //! bytes: a failure there is a writer or reader bug, not bad input.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_converter::erofs::{ErofsBuilder, ErofsOptions, ErofsReader};
 use lazypull_converter::estargz::{BlobFormat, EstargzOptions, EstargzReader, EstargzWriter};
 use lazypull_converter::layer::{EntryKind, IngestOptions, Layer};
+use libfuzzer_sys::fuzz_target;
 
 /// Conversions of layers holding more content than this are skipped: they would only slow the
 /// fuzzer down (ingestion itself still reads all of it).

@@ -5,8 +5,8 @@
 //! framed as `payload`, `json` in one zstd frame, and a footer giving the right sizes.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lazypull_fuzz::{exercise_estargz, split_payload, zstd_blob};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -84,7 +84,11 @@ pub fn exercise_estargz<B: BlobRead>(blob: &B) {
 }
 
 fn walk_estargz<B: BlobRead>(reader: &EstargzReader<B>) {
-    let _ = (reader.footer(), reader.toc().entries.len(), reader.prefetch_end());
+    let _ = (
+        reader.footer(),
+        reader.toc().entries.len(),
+        reader.prefetch_end(),
+    );
     let mut budget = READ_BUDGET;
     for entry in reader.entries() {
         assert!(
