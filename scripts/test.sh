@@ -20,7 +20,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl);
 #   containerd (1.6, with ctr), runc, stargz-snapshotter (ctr-remote), busybox-static: the
 #     snapshotter tests run a private containerd with `lazypull snapshotter` as its proxy plugin,
-#     pull through CRI and `ctr-remote images rpull`, and run busybox containers with runc.
+#     pull through CRI and `ctr-remote images rpull`, and run busybox containers with runc;
+#   g++: libfuzzer-sys compiles libFuzzer (C++) for the fuzz smoke (scripts/fuzz.sh).
 PACKAGES=(
     golang-go golang-github-containerd-stargz-snapshotter-dev
     skopeo umoci
@@ -29,6 +30,7 @@ PACKAGES=(
     curl librsvg2-bin
     docker-registry apache2-utils openssl
     containerd runc stargz-snapshotter busybox-static
+    g++
 )
 
 missing=()
@@ -58,6 +60,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
+
+# A short libFuzzer run of every parser from its seeds (docs/reliability.md); fails on any crash.
+# Its instrumented build lives under the main target dir so CI keeps one tree.
+echo "== fuzz smoke"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" scripts/fuzz.sh smoke
 
 # One closing line over every test binary, so the last line a reader sees is the real total and
 # not the count of the last (possibly empty) doc-test binary.

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub use erofs::add_erofs_os_feature;
 pub use layer::{convert_layer, LayerIn, LayerOut, ANNOTATION_SOURCE_DIGEST};
 pub use report::{human_bytes, ConvertReport, DescriptorReport, LayerReport, ManifestReport};
 

@@ -1,0 +1,21 @@
+//! The zstd:chunked footer (a skippable frame), its TOC frame and the same TOC validation and
+//! chunk reads as eStargz, through `EstargzReader`.
+//!
+//! Input: one mode byte, then either the whole blob (even), or `[len][payload][json]` (odd),
+//! framed as `payload`, `json` in one zstd frame, and a footer giving the right sizes.
+#![no_main]
+
+use lazypull_fuzz::{exercise_estargz, split_payload, zstd_blob};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        exercise_estargz(&rest);
+    } else {
+        let (payload, json) = split_payload(rest);
+        exercise_estargz(&zstd_blob(payload, json));
+    }
+});
