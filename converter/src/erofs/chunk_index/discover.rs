@@ -82,17 +82,10 @@ fn scan(tail: &[u8]) -> Scan {
     for entry_len in ENTRY_LENS {
         let mut count = 0u64;
         while let Some(at) = end.checked_sub(HEADER_LEN + count * entry_len) {
-            if let Some(found) = header_at(tail, at, count, entry_len) {
-                return Scan::Found(found);
-            }
-            if matches!(miscounted, Scan::None) {
-                if let Some(said) = miscounted_header(tail, at, count, entry_len) {
-                    miscounted = Scan::Miscounted {
-                        at,
-                        said,
-                        found: count,
-                    };
-                }
+            match header_at(tail, at, count, entry_len) {
+                found @ Scan::Found(_) => return found,
+                m @ Scan::Miscounted { .. } if matches!(miscounted, Scan::None) => miscounted = m,
+                _ => {}
             }
             count += 1;
         }
@@ -100,47 +93,55 @@ fn scan(tail: &[u8]) -> Scan {
     miscounted
 }
 
-/// The count of an index header at `at` with entries of `entry_len` bytes that does not
-/// count the `count` entries after it.
-fn miscounted_header(tail: &[u8], at: u64, count: u64, entry_len: u64) -> Option<u32> {
-    let (header, _) =
-        ChunkIndexHeader::read_from_prefix(tail.get(usize::try_from(at).ok()?..)?).ok()?;
-    let said = header.num_chunks.get();
-    (header.magic == CHUNK_INDEX_MAGIC
-        && [CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD].contains(&header.compression_type)
-        && 16 + u64::from(header.hash_size) == entry_len
-        && u64::from(said) != count)
-        .then_some(said)
-}
-
-/// Whether an index header of `count` entries of `entry_len` bytes starts at `at`.
-fn header_at(tail: &[u8], at: u64, count: u64, entry_len: u64) -> Option<TrailingIndex> {
-    let at_usize = usize::try_from(at).ok()?;
-    let (header, _) = ChunkIndexHeader::read_from_prefix(tail.get(at_usize..)?).ok()?;
-    if header.magic != CHUNK_INDEX_MAGIC
-        || u64::from(header.num_chunks.get()) != count
-        || 16 + u64::from(header.hash_size) != entry_len
-    {
-        return None;
+/// What the bytes at `at` are: an index header of entries of `entry_len` bytes counting the
+/// `count` entries up to the end of `tail`, one counting others, or no header.
+fn header_at(tail: &[u8], at: u64, count: u64, entry_len: u64) -> Scan {
+    let Some((header, _)) = usize::try_from(at)
+        .ok()
+        .and_then(|at| tail.get(at..))
+        .and_then(|b| ChunkIndexHeader::read_from_prefix(b).ok())
+    else {
+        return Scan::None;
+    };
+    if header.magic != CHUNK_INDEX_MAGIC || 16 + u64::from(header.hash_size) != entry_len {
+        return Scan::None;
     }
-    match header.compression_type {
+    let said = header.num_chunks.get();
+    if u64::from(said) != count {
+        let known =
+            [CHUNK_COMPRESSION_NONE, CHUNK_COMPRESSION_ZSTD].contains(&header.compression_type);
+        return if known {
+            Scan::Miscounted {
+                at,
+                said,
+                found: count,
+            }
+        } else {
+            Scan::None
+        };
+    }
+    let found = match header.compression_type {
         CHUNK_COMPRESSION_NONE => Some(TrailingIndex {
             start: at,
             zstd: false,
         }),
-        CHUNK_COMPRESSION_ZSTD => {
-            let frame = at.checked_sub(ZSTD_SKIPPABLE_HEADER_SIZE)?;
-            let f = usize::try_from(frame).ok()?;
-            let magic = u32::from_le_bytes(tail.get(f..f + 4)?.try_into().ok()?);
-            let size = u32::from_le_bytes(tail.get(f + 4..f + 8)?.try_into().ok()?);
-            let payload = tail.len() as u64 - at;
-            ((ZSTD_SKIPPABLE_MAGIC_FIRST..=ZSTD_SKIPPABLE_MAGIC_LAST).contains(&magic)
-                && u64::from(size) == payload)
-                .then_some(TrailingIndex {
-                    start: frame,
-                    zstd: true,
-                })
-        }
+        CHUNK_COMPRESSION_ZSTD => zstd_section(tail, at),
         _ => None,
-    }
+    };
+    found.map_or(Scan::None, Scan::Found)
+}
+
+/// The `+zstd` index section: the skippable frame whose payload is the index at `at`.
+fn zstd_section(tail: &[u8], at: u64) -> Option<TrailingIndex> {
+    let frame = at.checked_sub(ZSTD_SKIPPABLE_HEADER_SIZE)?;
+    let f = usize::try_from(frame).ok()?;
+    let magic = u32::from_le_bytes(tail.get(f..f + 4)?.try_into().ok()?);
+    let size = u32::from_le_bytes(tail.get(f + 4..f + 8)?.try_into().ok()?);
+    let payload = tail.len() as u64 - at;
+    ((ZSTD_SKIPPABLE_MAGIC_FIRST..=ZSTD_SKIPPABLE_MAGIC_LAST).contains(&magic)
+        && u64::from(size) == payload)
+        .then_some(TrailingIndex {
+            start: frame,
+            zstd: true,
+        })
 }
