@@ -72,29 +72,28 @@ impl Service {
                 match self.prepare_remote(&req, parent, &labels).await {
                     Ok(()) => return Err(Error::AlreadyExists(req.target)),
                     Err(RemoteOutcome::Error(e)) => return Err(e),
-                    Err(RemoteOutcome::Fallback(f)) if f.reason == FallbackReason::ErofsMount => {
-                        tracing::warn!(
-                            layer = %req.layer,
-                            image = req.image,
-                            reason = f.reason.as_str(),
-                            "failing Prepare: {}",
-                            f.why
-                        );
-                        self.metrics.fallback(f.reason);
-                        return Err(Error::Remote {
-                            layer: req.layer.to_string(),
-                            why: f.why,
-                        });
-                    }
                     Err(RemoteOutcome::Fallback(f)) => {
+                        // containerd cannot unpack an EROFS layer: no plain snapshot to give.
+                        let fatal = f.reason == FallbackReason::ErofsMount;
                         tracing::warn!(
                             layer = %req.layer,
                             image = req.image,
                             reason = f.reason.as_str(),
-                            "not mounting lazily, containerd unpacks the layer: {}",
+                            "{}: {}",
+                            if fatal {
+                                "failing Prepare"
+                            } else {
+                                "not mounting lazily, containerd unpacks the layer"
+                            },
                             f.why
                         );
                         self.metrics.fallback(f.reason);
+                        if fatal {
+                            return Err(Error::Remote {
+                                layer: req.layer.to_string(),
+                                why: f.why,
+                            });
+                        }
                     }
                 }
             }
