@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use lazypull_converter::sample;
 use lazypull_faultserver::{Fault, Server};
 
 use crate::mount::{final_stats, fuse_support, Served};
@@ -42,18 +43,12 @@ fn fetch_bound() -> Duration {
 
 /// Deterministic bytes: incompressible when `noisy`, else text-like.
 fn payload(len: usize, seed: u64, noisy: bool) -> Vec<u8> {
-    let mut x = seed | 1;
+    if noisy {
+        return sample::random_bytes(seed, len);
+    }
+    let mut rng = sample::XorShift::new(seed);
     (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if noisy {
-                x as u8
-            } else {
-                b"lazy pull reliability\n"[(i + (x % 3) as usize) % 22]
-            }
-        })
+        .map(|i| b"lazy pull reliability\n"[(i + rng.below(3) as usize) % 22])
         .collect()
 }
 
