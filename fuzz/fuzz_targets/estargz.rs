@@ -6,17 +6,7 @@
 //! land in the JSON and the entries instead of breaking the footer or the gzip member.
 #![no_main]
 
-use lazypull_fuzz::{exercise_estargz, gzip_blob, split_payload};
+use lazypull_fuzz::{fuzz_toc_blob, gzip_blob};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    if mode & 1 == 0 {
-        exercise_estargz(&rest);
-    } else {
-        let (payload, json) = split_payload(rest);
-        exercise_estargz(&gzip_blob(payload, json));
-    }
-});
+fuzz_target!(|data: &[u8]| fuzz_toc_blob(data, gzip_blob));

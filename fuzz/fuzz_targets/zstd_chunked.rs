@@ -5,17 +5,7 @@
 //! framed as `payload`, `json` in one zstd frame, and a footer giving the right sizes.
 #![no_main]
 
-use lazypull_fuzz::{exercise_estargz, split_payload, zstd_blob};
+use lazypull_fuzz::{fuzz_toc_blob, zstd_blob};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    if mode & 1 == 0 {
-        exercise_estargz(&rest);
-    } else {
-        let (payload, json) = split_payload(rest);
-        exercise_estargz(&zstd_blob(payload, json));
-    }
-});
+fuzz_target!(|data: &[u8]| fuzz_toc_blob(data, zstd_blob));

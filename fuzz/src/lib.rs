@@ -68,6 +68,21 @@ pub fn zstd_blob(payload: &[u8], json: &[u8]) -> Vec<u8> {
     blob
 }
 
+/// The eStargz-family targets' input: one mode byte, then either the whole blob (even mode
+/// byte) or `[len][payload][json]` (odd), which `wrap` makes a well-formed blob of `payload`
+/// with `json` as its TOC, so that mutations land in the JSON rather than the framing.
+pub fn fuzz_toc_blob(data: &[u8], wrap: fn(&[u8], &[u8]) -> Vec<u8>) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        exercise_estargz(&rest);
+    } else {
+        let (payload, json) = split_payload(rest);
+        exercise_estargz(&wrap(payload, json));
+    }
+}
+
 /// Open an eStargz / zstd:chunked blob unverified, then verified against the TOC digest it
 /// has, and read every entry through the reader's public API (bounded by [`READ_BUDGET`]).
 pub fn exercise_estargz<B: BlobRead>(blob: &B) {
