@@ -6,9 +6,9 @@
 //! ground case by case, these prove the binary's paths.
 
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
+use std::mem::offset_of;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
@@ -19,64 +19,16 @@ use lazypull_converter::estargz::{Toc, TocEntry, MAX_TOC_ENTRIES};
 
 use crate::mount::{fuse_support, Served};
 use crate::util::tarbuild::LayerTar;
-use crate::util::{convert_ok, gzip_layout, lazypull_bin, oci_ref, sha256, skip_unless, Layout};
+use crate::util::{
+    convert_ok, gzip_layout, lazypull_bin, oci_ref, run_measured, sha256, skip_unless, Layout,
+    Measured,
+};
 
-/// What a finished process cost.
-struct Measured {
-    status: ExitStatus,
-    stderr: String,
-    elapsed: Duration,
-    /// Peak resident set size, from the kernel's accounting of the reaped child.
-    max_rss_mib: u64,
-}
-
-/// Run `cmd` to completion (killing it after `timeout`) and measure it with `wait4`.
-// The child is reaped by `wait4` itself, which `Child::wait` cannot do while keeping the usage.
-#[allow(clippy::zombie_processes)]
-fn measured(cmd: &mut Command, timeout: Duration) -> Measured {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let mut pipe = child.stderr.take().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let start = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: plain syscall on our own child; `usage` is a valid out-pointer.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4 {desc}: {}", std::io::Error::last_os_error());
-        if r == pid {
-            return Measured {
-                status: ExitStatus::from_raw(status),
-                stderr: drain.join().unwrap(),
-                elapsed: start.elapsed(),
-                max_rss_mib: usage.ru_maxrss as u64 / 1024,
-            };
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{desc} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `lazypull mount` of `blob` that must fail: its measured run.
-fn mount_refused(blob: &Path, trust: &[&str], timeout: Duration) -> Measured {
+/// `lazypull mount` of `blob` that must fail: its measured run and its stderr.
+fn mount_refused(blob: &Path, trust: &[&str], timeout: Duration) -> (Measured, String) {
     let dir = blob.parent().unwrap();
     let mnt = dir.join("mnt");
-    let m = measured(
+    let m = run_measured(
         Command::new(lazypull_bin())
             .arg("mount")
             .arg("--cache-dir")
@@ -84,22 +36,23 @@ fn mount_refused(blob: &Path, trust: &[&str], timeout: Duration) -> Measured {
             .args(trust)
             .arg(blob)
             .arg(&mnt),
+        None,
         timeout,
     );
+    let stderr = String::from_utf8_lossy(&m.output.stderr).into_owned();
     assert!(
-        !m.status.success(),
-        "mounting hostile {} succeeded: {}",
+        !m.output.status.success(),
+        "mounting hostile {} succeeded: {stderr}",
         blob.display(),
-        m.stderr
     );
-    assert!(!m.stderr.contains("panicked"), "{}", m.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(
         !mounts.contains(&*mnt.to_string_lossy()),
         "a refused mount left {} mounted",
         mnt.display()
     );
-    m
+    (m, stderr)
 }
 
 /// An eStargz blob of one gzip member of zeros (what forged entries point into), the TOC (JSON
@@ -154,7 +107,7 @@ fn a_toc_with_millions_of_entries_is_refused_in_bounded_memory() {
     let size = std::fs::metadata(&blob).unwrap().len();
     drop(json);
 
-    let m = mount_refused(&blob, &["--toc-digest", &digest], Duration::from_secs(300));
+    let (m, stderr) = mount_refused(&blob, &["--toc-digest", &digest], Duration::from_secs(300));
     println!(
         "{n}-entry TOC ({} MiB of JSON in {} KiB of gzip): refused in {:.1} s, peak RSS {} MiB",
         n * 26 / (1 << 20),
@@ -163,15 +116,14 @@ fn a_toc_with_millions_of_entries_is_refused_in_bounded_memory() {
         m.max_rss_mib
     );
     assert!(
-        m.stderr
-            .contains(&format!("more than {MAX_TOC_ENTRIES} entries")),
+        stderr.contains(&format!("more than {MAX_TOC_ENTRIES} entries")),
         "{}",
-        m.stderr
+        stderr
     );
     assert!(
-        m.stderr.contains("huge-toc.stargz"),
+        stderr.contains("huge-toc.stargz"),
         "names the blob: {}",
-        m.stderr
+        stderr
     );
     // Parsing stops at the limit: 2 million entries of ~400 bytes, plus the JSON.
     assert!(m.max_rss_mib < 2048, "peak RSS {} MiB", m.max_rss_mib);
@@ -232,15 +184,15 @@ fn forged_tocs_are_refused_naming_the_entry() {
         let (json, digest) = toc_json(entries);
         let blob = tmp.path().join(format!("{name}.stargz"));
         std::fs::write(&blob, toc_only_blob(&json)).unwrap();
-        let m = mount_refused(&blob, &["--toc-digest", &digest], Duration::from_secs(30));
+        let (_, stderr) = mount_refused(&blob, &["--toc-digest", &digest], Duration::from_secs(30));
         for want in wants
             .iter()
             .chain(&[&*blob.file_name().unwrap().to_string_lossy()])
         {
             assert!(
-                m.stderr.contains(want),
+                stderr.contains(want),
                 "{name}: want `{want}` in: {}",
-                m.stderr
+                stderr
             );
         }
     }
@@ -336,11 +288,12 @@ fn patch_image(blob: &mut [u8], at: usize, bytes: &[u8]) {
     blob[at..at + bytes.len()].copy_from_slice(bytes);
     // The superblock's CRC32C covers the rest of block 0, where small directories live.
     let sb = erofs_format::SUPER_OFFSET as usize;
-    let block = 1usize << blob[sb + 0x0C];
+    let block = 1usize << blob[sb + offset_of!(erofs_format::SuperBlock, blkszbits)];
     if at < block {
-        blob[sb + 4..sb + 8].fill(0);
+        let sum_at = sb + offset_of!(erofs_format::SuperBlock, checksum);
+        blob[sum_at..sum_at + 4].fill(0);
         let sum = erofs_format::superblock_checksum(&blob[sb..block]);
-        blob[sb + 4..sb + 8].copy_from_slice(&sum.to_le_bytes());
+        blob[sum_at..sum_at + 4].copy_from_slice(&sum.to_le_bytes());
     }
     let found = find_trailing_index(&blob[..])
         .unwrap()
@@ -353,8 +306,9 @@ fn patch_image(blob: &mut [u8], at: usize, bytes: &[u8]) {
         .unwrap();
     let (on_blob, _) = index.chunk_ranges(i, found.start);
     let sum = sha256_raw(&blob[on_blob.start as usize..on_blob.end as usize]);
-    // Header 32 bytes, then 16 bytes of offsets and the 32-byte SHA-256 per entry.
-    let at = start + 32 + i * 48 + 16;
+    // The header, then per entry its offsets and the 32-byte SHA-256.
+    let head = size_of::<erofs_format::ChunkEntryHead>();
+    let at = start + size_of::<erofs_format::ChunkIndexHeader>() + i * (head + 32) + head;
     blob[at..at + 32].copy_from_slice(&sum);
 }
 
@@ -453,7 +407,7 @@ fn chunk_index_with_a_wrong_count_is_refused() {
     t.dir("d", 0o755, 1).file("d/a", &[1u8; 3 << 20], 0o644, 1);
     let blob = erofs_raw_blob(tmp.path(), &t.finish());
     let found = find_trailing_index(&blob[..]).unwrap().unwrap();
-    let count_at = found.start as usize + 16;
+    let count_at = found.start as usize + offset_of!(erofs_format::ChunkIndexHeader, num_chunks);
     let count = u32::from_le_bytes(blob[count_at..count_at + 4].try_into().unwrap());
     assert!(count >= 2, "{count} chunks");
     for (what, lie) in [
@@ -465,21 +419,20 @@ fn chunk_index_with_a_wrong_count_is_refused() {
         bad[count_at..count_at + 4].copy_from_slice(&lie.to_le_bytes());
         let path = tmp.path().join(format!("count-{what}.erofs"));
         std::fs::write(&path, &bad).unwrap();
-        let m = mount_refused(&path, &["--insecure-skip-verify"], Duration::from_secs(30));
+        let (m, stderr) =
+            mount_refused(&path, &["--insecure-skip-verify"], Duration::from_secs(30));
         assert!(
-            m.stderr
-                .contains(&*path.file_name().unwrap().to_string_lossy()),
+            stderr.contains(&*path.file_name().unwrap().to_string_lossy()),
             "{what}: names the blob: {}",
-            m.stderr
+            stderr
         );
         assert!(
-            m.stderr.contains("corrupt chunk index")
-                && m.stderr
-                    .contains(&format!("counts {lie} chunks, but {count} entries")),
+            stderr.contains("corrupt chunk index")
+                && stderr.contains(&format!("counts {lie} chunks, but {count} entries")),
             "{what}: {}",
-            m.stderr
+            stderr
         );
         assert!(m.max_rss_mib < 512, "{what}: {} MiB", m.max_rss_mib);
-        println!("chunk index counting {what} chunks: {}", m.stderr.trim());
+        println!("chunk index counting {what} chunks: {}", stderr.trim());
     }
 }

@@ -89,6 +89,21 @@ pub fn corpus_layer(name: &str) -> &'static SampleLayer {
 
 /// Run `cmd` to completion, feeding it `stdin`, failing the test if it outlives `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    run_measured(cmd, stdin, timeout).output
+}
+
+/// What a finished command printed, and what it cost.
+pub struct Measured {
+    pub output: Output,
+    pub elapsed: Duration,
+    /// Peak resident set size, from the kernel's accounting of the reaped child.
+    pub max_rss_mib: u64,
+}
+
+/// [`run_with_timeout`], also measuring the command's time and peak memory.
+// The child is reaped by `wait4`, which `Child::wait` cannot do while keeping the usage.
+#[allow(clippy::zombie_processes)]
+pub fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Measured {
     let desc = format!("{cmd:?}");
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -115,10 +130,19 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id() as libc::pid_t;
     let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: wait4 on our own child; `usage` is a valid out-pointer.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(r >= 0, "wait4 {desc}: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break (
+                std::os::unix::process::ExitStatusExt::from_raw(status),
+                usage,
+            );
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
@@ -127,13 +151,18 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let elapsed = start.elapsed();
     if let Some(f) = feeder {
         let _ = f.join();
     }
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+    Measured {
+        output: Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        },
+        elapsed,
+        max_rss_mib: usage.ru_maxrss as u64 / 1024,
     }
 }
 
