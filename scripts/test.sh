@@ -16,6 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 #   attr (getfattr), jq: inspecting results by hand when a test fails;
 #   erofs-utils: the EROFS work (mkfs/fsck/dump.erofs); ca-certificates: fetching crates;
 #   curl, librsvg2-bin: the cold-start benchmark's full pull and its PNG chart (`bench --quick`);
+#   time (GNU time): the hostile-content tests' peak memory of a refused mount;
 #   docker-registry (distribution 2.8), apache2-utils (htpasswd -B), openssl: the registry tests
 #     run the real registry anonymous, with basic auth and with token auth (certs and JWTs by openssl);
 #   containerd (1.6, with ctr), runc, stargz-snapshotter (ctr-remote), busybox-static: the
@@ -27,7 +28,7 @@ PACKAGES=(
     skopeo umoci
     tar gzip pigz zstd
     attr jq erofs-utils ca-certificates
-    curl librsvg2-bin
+    curl librsvg2-bin time
     docker-registry apache2-utils openssl
     containerd runc stargz-snapshotter busybox-static
     g++

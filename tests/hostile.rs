@@ -20,9 +20,18 @@ use lazypull_converter::estargz::{Toc, TocEntry, MAX_TOC_ENTRIES};
 use crate::mount::{fuse_support, Served};
 use crate::util::tarbuild::LayerTar;
 use crate::util::{
-    convert_ok, gzip_layout, lazypull_bin, oci_ref, run_measured, sha256, skip_unless, Layout,
-    Measured,
+    convert_ok, gzip_layout, have_tool, lazypull_bin, oci_ref, run_measured, sha256, skip_unless,
+    Layout, Measured,
 };
+
+/// Why refused mounts cannot be run and measured here, if they cannot.
+fn measure_support() -> Result<(), String> {
+    fuse_support()?;
+    match have_tool("time") {
+        true => Ok(()),
+        false => Err("no GNU time (Debian package `time`) to measure peak memory".into()),
+    }
+}
 
 /// `lazypull mount` of `blob` that must fail: its measured run and its stderr.
 fn mount_refused(blob: &Path, trust: &[&str], timeout: Duration) -> (Measured, String) {
@@ -89,7 +98,7 @@ fn toc_json(entries: Vec<TocEntry>) -> (Vec<u8>, String) {
 /// the parsed entries would take (15 million took a mount to 15 GiB before the limit).
 #[test]
 fn a_toc_with_millions_of_entries_is_refused_in_bounded_memory() {
-    let support = fuse_support();
+    let support = measure_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
     let n = 3_000_000;
@@ -143,7 +152,7 @@ fn reg(name: &str, size: i64, offset: i64) -> TocEntry {
 /// Forged TOCs (well-formed JSON, trusted digest) that lie about names, sizes and chunks.
 #[test]
 fn forged_tocs_are_refused_naming_the_entry() {
-    let support = fuse_support();
+    let support = measure_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let hardlink = |name: &str, target: &str| TocEntry {
         name: name.into(),
@@ -400,7 +409,7 @@ fn erofs_directory_cycles_and_bad_nids_fail_only_their_names() {
 /// A chunk index whose count disagrees with its entries: refused when the mount opens the layer.
 #[test]
 fn chunk_index_with_a_wrong_count_is_refused() {
-    let support = fuse_support();
+    let support = measure_support();
     skip_unless!(support.is_ok(), "{}", support.unwrap_err());
     let tmp = tempfile::tempdir().unwrap();
     let mut t = LayerTar::new();

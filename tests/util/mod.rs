@@ -89,21 +89,6 @@ pub fn corpus_layer(name: &str) -> &'static SampleLayer {
 
 /// Run `cmd` to completion, feeding it `stdin`, failing the test if it outlives `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
-    run_measured(cmd, stdin, timeout).output
-}
-
-/// What a finished command printed, and what it cost.
-pub struct Measured {
-    pub output: Output,
-    pub elapsed: Duration,
-    /// Peak resident set size, from the kernel's accounting of the reaped child.
-    pub max_rss_mib: u64,
-}
-
-/// [`run_with_timeout`], also measuring the command's time and peak memory.
-// The child is reaped by `wait4`, which `Child::wait` cannot do while keeping the usage.
-#[allow(clippy::zombie_processes)]
-pub fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Measured {
     let desc = format!("{cmd:?}");
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -130,19 +115,10 @@ pub fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) 
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let pid = child.id() as libc::pid_t;
     let start = Instant::now();
-    let (status, usage) = loop {
-        let mut status = 0;
-        // SAFETY: wait4 on our own child; `usage` is a valid out-pointer.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4 {desc}: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break (
-                std::os::unix::process::ExitStatusExt::from_raw(status),
-                usage,
-            );
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
@@ -151,18 +127,62 @@ pub fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) 
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let elapsed = start.elapsed();
     if let Some(f) = feeder {
         let _ = f.join();
     }
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// What a finished command printed, and what it cost.
+pub struct Measured {
+    pub output: Output,
+    pub elapsed: Duration,
+    /// Peak resident set size of the command alone.
+    pub max_rss_mib: u64,
+}
+
+/// [`run_with_timeout`], also measuring the command's time and peak memory.
+///
+/// The peak comes from GNU time (Debian `time`), which forks the command from its own small
+/// process: a child spawned straight from the test binary inherits the test binary's
+/// high-water mark in `wait4`'s `ru_maxrss` (the kernel folds in the peak of the memory the
+/// child ran on before `exec`, which under `vfork` is the parent's).
+pub fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Measured {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("time");
+    timed
+        .arg("--format=%M")
+        .arg("--output")
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let start = Instant::now();
+    let output = run_with_timeout(&mut timed, stdin, timeout);
+    let elapsed = start.elapsed();
+    let report = std::fs::read_to_string(report.path()).unwrap();
+    // GNU time writes "Command exited with non-zero status N" before the figure.
+    let kib: u64 = report
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GNU time's report: {report:?}"));
     Measured {
-        output: Output {
-            status,
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-        },
+        output,
         elapsed,
-        max_rss_mib: usage.ru_maxrss as u64 / 1024,
+        max_rss_mib: kib / 1024,
     }
 }
 
