@@ -81,6 +81,7 @@ fn main() -> ExitCode {
                 out: b.out,
                 background_fetch: b.background_fetch,
                 mount_args: b.mount_arg,
+                containerd: !b.no_containerd,
             })
         }),
         Command::Snapshotter(s) => lazypull::run_snapshotter(SnapshotterArgs {

@@ -103,27 +103,29 @@ pub fn write(out: &Path, facts: &[ImageFacts], measured: &[Measured], runs: usiz
     }
     println!();
     println!(
-        "| image | network | mode | ready (median, min–max of {runs}) | vs full pull | fetched | requests | round trips | lazypull peak RSS |"
+        "| image | network | mode | ready (median, min–max of {runs}) | vs full pull | vs containerd full pull | fetched | requests | round trips | lazypull peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for m in measured {
-        let full = measured
-            .iter()
-            .find(|f| f.image == m.image && f.network == m.network && f.mode == "full pull")
-            .map(|f| f.summary.ready_median);
         let s = &m.summary;
+        let ratio = |baseline: &str| {
+            measured
+                .iter()
+                .find(|f| f.image == m.image && f.network == m.network && f.mode == baseline)
+                .map_or("–".into(), |f| {
+                    format!("{:.0}%", 100.0 * s.ready_median / f.summary.ready_median)
+                })
+        };
         println!(
-            "| {} | {} | {} | {:.2} s ({:.2}–{:.2}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} s ({:.2}–{:.2}) | {} | {} | {} | {} | {} | {} |",
             m.image,
             m.network,
             m.mode,
             s.ready_median,
             s.ready_min,
             s.ready_max,
-            full.map_or("–".into(), |f| format!(
-                "{:.0}%",
-                100.0 * s.ready_median / f
-            )),
+            ratio("full pull"),
+            ratio("containerd full pull"),
             human(s.bytes_median),
             s.requests_median,
             s.round_trips_median,
@@ -178,11 +180,13 @@ fn chart(path: &Path, measured: &[Measured]) -> Result<()> {
         .map(|m| m.summary.ready_max)
         .fold(0.0, f64::max)
         * 1.15;
-    let width = (160 * groups.len().max(1) + 220) as u32;
+    // About 18 px per bar, and empty slots on the right where the legend goes, clear of bars.
+    let spare = 14;
+    let width = (18 * (groups.len().max(1) * (modes.len() + 1) + spare) + 80).max(640) as u32;
     let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
     let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
     root.fill(&WHITE).map_err(|e| draw(&e))?;
-    let slots = groups.len() * (modes.len() + 1);
+    let slots = groups.len() * (modes.len() + 1) + spare;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "cold start: time until the workload is ready",
