@@ -338,6 +338,12 @@ pub(crate) struct BenchCmd {
     /// are installed.
     #[arg(long)]
     pub(crate) no_containerd: bool,
+    /// Run nothing: merge the reports (coldstart.json) of earlier runs in these directories
+    /// into one table, JSON and chart in --out, e.g. runs made one network at a time.
+    ///
+    /// Example: --merge out-20ms --merge out-2ms
+    #[arg(long, value_name = "DIR")]
+    pub(crate) merge: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

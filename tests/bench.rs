@@ -107,6 +107,29 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
     }
     let svg = std::fs::read_to_string(out.join("coldstart.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("lazy EROFS"));
+    // `--merge` of this report (twice, as two networks' runs would be) keeps every result.
+    let merged = tmp.path().join("merged");
+    let run = lazypull(&[
+        "bench".to_string(),
+        "--merge".into(),
+        out.display().to_string(),
+        "--merge".into(),
+        out.display().to_string(),
+        "--out".into(),
+        merged.display().to_string(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("coldstart.json")).unwrap()).unwrap();
+    assert_eq!(
+        again["results"].as_array().unwrap().len(),
+        2 * results.len()
+    );
+    assert_eq!(again["images"], report["images"]);
     // No mount is left behind.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(

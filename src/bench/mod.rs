@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub mount_args: Vec<String>,
     /// Run the containerd modes when containerd and its tools are installed.
     pub containerd: bool,
+    /// Run nothing: merge the reports in these directories into one in `out`.
+    pub merge: Vec<PathBuf>,
 }
 
 /// The networks of a full run: the default first.
@@ -58,6 +60,11 @@ pub const DEFAULT_NETWORKS: [&str; 3] = ["100mbit:20ms", "1gbit:2ms", "100mbit:5
 
 /// Run the benchmark and write its report.
 pub fn run_bench(mut args: BenchArgs) -> Result<()> {
+    if !args.merge.is_empty() {
+        std::fs::create_dir_all(&args.out)?;
+        let (facts, measured, runs) = report::merge(&args.merge)?;
+        return report::write(&args.out, &facts, &measured, runs);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("lazypull bench needs root: it mounts FUSE, overlayfs and /proc, and chroots");

@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::run::RunResult;
 
 /// What is known about an image before any run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageFacts {
     pub name: String,
@@ -26,7 +26,7 @@ pub struct ImageFacts {
 }
 
 /// Median and spread of a mode's runs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub ready_median: f64,
@@ -60,7 +60,7 @@ impl Summary {
 }
 
 /// One image, network and mode: every run and their summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Measured {
     pub image: String,
@@ -68,6 +68,33 @@ pub struct Measured {
     pub mode: String,
     pub summary: Summary,
     pub runs: Vec<RunResult>,
+}
+
+/// The reports in `dirs` (each a `coldstart.json` of an earlier run) as one: their images
+/// (once each) and results, in order; the largest run count. For runs made one network at a
+/// time, whose figures belong in one table and chart.
+pub fn merge(dirs: &[std::path::PathBuf]) -> Result<(Vec<ImageFacts>, Vec<Measured>, usize)> {
+    #[derive(Deserialize)]
+    struct Report {
+        images: Vec<ImageFacts>,
+        results: Vec<Measured>,
+        runs: usize,
+    }
+    let (mut facts, mut measured, mut runs) = (Vec::<ImageFacts>::new(), Vec::new(), 0);
+    for d in dirs {
+        let path = d.join("coldstart.json");
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let r: Report = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not a lazypull bench report", path.display()))?;
+        for f in r.images {
+            if !facts.iter().any(|g| g.name == f.name) {
+                facts.push(f);
+            }
+        }
+        measured.extend(r.results);
+        runs = runs.max(r.runs);
+    }
+    Ok((facts, measured, runs))
 }
 
 /// `n` bytes for people.
