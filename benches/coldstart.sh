@@ -2,7 +2,7 @@
 # The cold-start benchmark: a thin wrapper around `lazypull bench` (see docs/benchmarks.md).
 # Builds lazypull in release mode, installs what the full pull and the PNG chart need, and runs
 # the benchmark as root with any arguments given, e.g.:
-#   bash benches/coldstart.sh                                   # everything: ~45 min
+#   bash benches/coldstart.sh                                   # everything: ~70 min with containerd
 #   bash benches/coldstart.sh --images python --runs 3 --network 100mbit:20ms
 #   bash benches/coldstart.sh --quick                            # smoke test, ~1 min
 set -euo pipefail

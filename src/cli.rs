@@ -64,7 +64,8 @@ pub(crate) enum Command {
     /// Example: lazypull demo --keep ./demo-out
     Demo(DemoCmd),
     /// Cold-start benchmark: full pull vs lazy eStargz vs lazy EROFS, with and without a
-    /// recorded prefetch list, over an emulated link (root only).
+    /// recorded prefetch list, over an emulated link (root only); when containerd is installed,
+    /// also containerd's full pull vs `lazypull snapshotter` with `ctr run`.
     ///
     /// Example: lazypull bench --images python,gcc --runs 5 --network 100mbit:20ms
     Bench(BenchCmd),
@@ -338,6 +339,17 @@ pub(crate) struct BenchCmd {
     /// Example: --mount-arg=--read-ahead=262144
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) mount_arg: Vec<String>,
+    /// Leave out the containerd modes (containerd's own full pull and `lazypull snapshotter`),
+    /// which otherwise run whenever containerd, ctr-remote, runc, docker-registry and skopeo
+    /// are installed.
+    #[arg(long)]
+    pub(crate) no_containerd: bool,
+    /// Run nothing: merge the reports (coldstart.json) of earlier runs in these directories
+    /// into one table, JSON and chart in --out, e.g. runs made one network at a time.
+    ///
+    /// Example: --merge out-20ms --merge out-2ms
+    #[arg(long, value_name = "DIR")]
+    pub(crate) merge: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

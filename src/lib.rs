@@ -12,10 +12,13 @@
 //!   zstd:chunked, re-reads every converted layer through the verifying reader, and prints what
 //!   it found.
 //! - [`bench::run_bench`]: `lazypull bench`, the cold-start benchmark.
+//! - [`containerd`]: harness support (a private containerd, the snapshotter, a registry) for
+//!   the benchmark and the integration tests.
 //! - [`run_snapshotter`]: `lazypull snapshotter`, the containerd proxy snapshotter of
 //!   [`lazypull_snapshotter`].
 
 pub mod bench;
+pub mod containerd;
 mod demo;
 mod demo_lazy;
 mod inspect;

@@ -82,6 +82,8 @@ fn main() -> ExitCode {
                 out: b.out,
                 background_fetch: b.background_fetch,
                 mount_args: b.mount_arg,
+                containerd: !b.no_containerd,
+                merge: b.merge,
             })
         }),
         Command::Snapshotter(s) => lazypull::run_snapshotter(SnapshotterArgs {

@@ -1,9 +1,26 @@
 //! `lazypull bench --quick`, the cold-start benchmark's smoke test: it builds a small image from
 //! this machine's files, converts it, records a prefetch list, and runs every mode once over an
-//! emulated 100 Mbit/s link with 20 ms RTT. Only that every mode reaches ready and that the lazy
-//! modes fetch less than the full pull is asserted: times are for the benchmark, not for tests.
+//! emulated 100 Mbit/s link with 20 ms RTT: the harness modes, and the containerd modes
+//! (containerd's own full pull, `lazypull snapshotter` with `ctr run`) when containerd is
+//! installed (under CI it must be). Only that every mode reaches ready and that the lazy modes
+//! fetch less than their full pull is asserted: times are for the benchmark, not for tests.
 
-use crate::util::{is_root, lazypull, skip_unless};
+use crate::util::{ci, is_root, lazypull, missing_tool, skip_unless};
+
+const HARNESS_MODES: [&str; 5] = [
+    "full pull",
+    "lazy eStargz",
+    "lazy eStargz + prefetch",
+    "lazy EROFS",
+    "lazy EROFS + prefetch",
+];
+const CONTAINERD_MODES: [&str; 5] = [
+    "containerd full pull",
+    "snapshotter eStargz",
+    "snapshotter eStargz + prefetch",
+    "snapshotter EROFS",
+    "snapshotter EROFS + prefetch",
+];
 
 #[test]
 fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
@@ -15,6 +32,22 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
         std::path::Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing"
     );
+    let missing = missing_tool(&[
+        "containerd",
+        "containerd-shim-runc-v2",
+        "ctr",
+        "ctr-remote",
+        "runc",
+        "docker-registry",
+        "skopeo",
+    ]);
+    if let Some(tool) = &missing {
+        assert!(
+            !ci(),
+            "CI=true and the containerd modes cannot run: `{tool}` is not installed"
+        );
+        eprintln!("SKIPPED (containerd modes only): `{tool}` is not installed");
+    }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let run = lazypull(&[
@@ -37,35 +70,66 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
         .iter()
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        modes,
-        [
-            "full pull",
-            "lazy eStargz",
-            "lazy eStargz + prefetch",
-            "lazy EROFS",
-            "lazy EROFS + prefetch"
-        ]
-    );
-    let full = &results[0]["summary"];
+    let mut expected = HARNESS_MODES.to_vec();
+    if missing.is_none() {
+        expected.extend(CONTAINERD_MODES);
+    }
+    assert_eq!(modes, expected);
+    let summary = |mode: &str| &results.iter().find(|r| r["mode"] == mode).unwrap()["summary"];
     for r in results {
         let s = &r["summary"];
         assert!(s["readyMedian"].as_f64().unwrap() > 0.0, "{r}");
         assert!(s["requestsMedian"].as_u64().unwrap() > 0, "{r}");
-        if r["mode"] != "full pull" {
+        assert!(s["bytesMedian"].as_u64().unwrap() > 0, "{r}");
+        let mode = r["mode"].as_str().unwrap();
+        let baseline = if HARNESS_MODES.contains(&mode) {
+            "full pull"
+        } else {
+            "containerd full pull"
+        };
+        if mode != baseline {
+            let full = summary(baseline);
             assert!(
                 s["bytesMedian"].as_u64() < full["bytesMedian"].as_u64(),
-                "{} fetched no less than the full pull: {r}",
-                r["mode"]
+                "{mode} fetched no less than the {baseline}: {r}"
             );
             assert!(s["peakRssKibMax"].as_u64().unwrap() > 0, "{r}");
         }
     }
-    // The full pull moved the whole gzip image.
+    // Both full pulls moved the whole gzip image.
     let gzip = report["images"][0]["gzipBytes"].as_u64().unwrap();
-    assert!(full["bytesMedian"].as_u64().unwrap() >= gzip);
+    assert!(summary("full pull")["bytesMedian"].as_u64().unwrap() >= gzip);
+    if missing.is_none() {
+        let full = summary("containerd full pull")["bytesMedian"]
+            .as_u64()
+            .unwrap();
+        assert!(full >= gzip, "containerd full pull: {full} < {gzip}");
+    }
     let svg = std::fs::read_to_string(out.join("coldstart.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("lazy EROFS"));
+    // `--merge` of this report (twice, as two networks' runs would be) keeps every result.
+    let merged = tmp.path().join("merged");
+    let run = lazypull(&[
+        "bench".to_string(),
+        "--merge".into(),
+        out.display().to_string(),
+        "--merge".into(),
+        out.display().to_string(),
+        "--out".into(),
+        merged.display().to_string(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("coldstart.json")).unwrap()).unwrap();
+    assert_eq!(
+        again["results"].as_array().unwrap().len(),
+        2 * results.len()
+    );
+    assert_eq!(again["images"], report["images"]);
     // No mount is left behind.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(

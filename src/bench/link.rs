@@ -95,10 +95,14 @@ impl Wire {
     }
 }
 
+/// When requests set off towards the server.
+type Starts = Arc<Mutex<Vec<Instant>>>;
+
 /// A running proxy; stops when dropped.
 pub struct Link {
     port: u16,
     down: Arc<Wire>,
+    starts: Starts,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -118,7 +122,9 @@ impl Link {
         };
         let (down, up) = (wire(), wire());
         let stop = Arc::new(AtomicBool::new(false));
+        let starts = Starts::default();
         let (d, u, s) = (Arc::clone(&down), Arc::clone(&up), Arc::clone(&stop));
+        let st = Arc::clone(&starts);
         let one_way = spec.rtt / 2;
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -134,8 +140,14 @@ impl Link {
                             (Ok(c), Ok(s)) => (c, s),
                             _ => continue,
                         };
-                        pipe(client, server, Arc::clone(&u), one_way);
-                        pipe(s2, c2, Arc::clone(&d), one_way);
+                        pipe(
+                            client,
+                            server,
+                            Arc::clone(&u),
+                            one_way,
+                            Some(Arc::clone(&st)),
+                        );
+                        pipe(s2, c2, Arc::clone(&d), one_way, None);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -144,6 +156,7 @@ impl Link {
         Ok(Link {
             port,
             down,
+            starts,
             stop,
             thread: Some(thread),
         })
@@ -158,6 +171,16 @@ impl Link {
     pub fn down_bytes(&self) -> u64 {
         self.down.bytes.load(Ordering::Relaxed)
     }
+
+    /// When each request so far entered the link: the first bytes a client sent on a
+    /// connection, or sent after a pause of a millisecond or more (HTTP/1.1 clients wait for
+    /// a response before the next request on a connection).
+    pub fn request_starts(&self) -> Vec<Instant> {
+        self.starts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Drop for Link {
@@ -170,16 +193,31 @@ impl Drop for Link {
 }
 
 /// Carry bytes from `from` to `to` over `wire`, each delayed by `one_way`: a reader thread
-/// timestamps what arrives, a writer thread sends it when its time has come.
-fn pipe(mut from: TcpStream, to: TcpStream, wire: Arc<Wire>, one_way: Duration) {
+/// timestamps what arrives (noting request starts in `starts`), a writer thread sends it when
+/// its time has come.
+fn pipe(
+    mut from: TcpStream,
+    to: TcpStream,
+    wire: Arc<Wire>,
+    one_way: Duration,
+    starts: Option<Starts>,
+) {
     let (tx, rx) = channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
+        let mut last: Option<Instant> = None;
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                    let now = Instant::now();
+                    if let Some(s) = &starts {
+                        if last.is_none_or(|l| now.duration_since(l) >= Duration::from_millis(1)) {
+                            s.lock().unwrap_or_else(PoisonError::into_inner).push(now);
+                        }
+                    }
+                    last = Some(now);
+                    if tx.send((now, buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
@@ -274,5 +312,11 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(link.down_bytes(), 1_000_004);
+        // The ping, then the transfer (a busy machine may split it with a pause): two or more.
+        assert!(
+            link.request_starts().len() >= 2,
+            "{:?}",
+            link.request_starts()
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! `lazypull bench`: the cold-start benchmark. Full pull against lazy eStargz and lazy EROFS,
-//! with and without a recorded prefetch list, side by side in one run over an emulated link.
+//! with and without a recorded prefetch list, side by side in one run over an emulated link;
+//! and, when containerd is installed, the same images through a private containerd: its own
+//! full pull, and `lazypull snapshotter` lazily.
 //!
 //! - `images`: workload images built from software on this machine (Python, a C toolchain, a
 //!   JDK; a small one for `--quick`).
-//! - `link`: the throttling proxy between the node and the blob server.
-//! - `run`: one run of one mode: pull or mount, start the workload in a container-like root,
-//!   time it until ready.
+//! - `link`: the throttling proxy between the node and the blob server (and the registry).
+//! - `run`: one run of one harness mode: pull or mount, start the workload in a
+//!   container-like root, time it until ready.
+//! - `containerd`: one run of one containerd mode: `ctr images pull` or `ctr-remote images
+//!   rpull`, then `ctr run` of the workload, from a registry behind the same link.
 //! - `report`: medians and spreads, the table, JSON and the chart.
 //!
 //! Per image, once: convert to eStargz and EROFS; mount the eStargz image with `--record` and
@@ -13,6 +17,7 @@
 //! network, run after run, every mode in turn (so drift hits all modes alike), from a cold
 //! node: page cache dropped, empty chunk cache, fresh mounts.
 
+mod containerd;
 mod images;
 mod link;
 mod report;
@@ -44,6 +49,10 @@ pub struct BenchArgs {
     pub background_fetch: bool,
     /// Extra options for every `lazypull mount`.
     pub mount_args: Vec<String>,
+    /// Run the containerd modes when containerd and its tools are installed.
+    pub containerd: bool,
+    /// Run nothing: merge the reports in these directories into one in `out`.
+    pub merge: Vec<PathBuf>,
 }
 
 /// The networks of a full run: the default first.
@@ -51,6 +60,11 @@ pub const DEFAULT_NETWORKS: [&str; 3] = ["100mbit:20ms", "1gbit:2ms", "100mbit:5
 
 /// Run the benchmark and write its report.
 pub fn run_bench(mut args: BenchArgs) -> Result<()> {
+    if !args.merge.is_empty() {
+        std::fs::create_dir_all(&args.out)?;
+        let (facts, measured, runs) = report::merge(&args.merge)?;
+        return report::write(&args.out, &facts, &measured, runs);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("lazypull bench needs root: it mounts FUSE, overlayfs and /proc, and chroots");
@@ -65,13 +79,38 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let work = args.work.canonicalize()?;
 
+    let with_containerd = args.containerd
+        && match containerd::support() {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!("bench: no containerd modes: {why}");
+                false
+            }
+        };
     let mut prepared = Vec::new();
     for name in &args.images {
         let image = images::build(name, &work)?;
-        prepared.push(prepare(&lazypull, &work, image)?);
+        prepared.push(prepare(&lazypull, &work, image, with_containerd)?);
     }
     let server = RangeServer::start_dir(work.clone(), Throttle::default())
         .context("starting the blob server")?;
+    let registry = if with_containerd {
+        let registry = containerd::start_registry(&work.join("registry"))?;
+        for p in &prepared {
+            let repo = containerd::repository(&p.image.name);
+            for mode in Mode::CONTAINERD {
+                let layout = work.join(&p.image.name).join(mode.variant());
+                containerd::push(&registry, &layout, &repo, mode.variant())?;
+            }
+        }
+        Some(registry)
+    } else {
+        None
+    };
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .chain(Mode::CONTAINERD.into_iter().filter(|_| with_containerd))
+        .collect();
     let scratch = work.join("scratch");
     let mut mount_options: Vec<&str> = args.mount_args.iter().map(String::as_str).collect();
     if !args.background_fetch {
@@ -80,6 +119,15 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
     let mut measured = Vec::new();
     for &net in &args.networks {
         let link = link::Link::start(server.port(), net).context("starting the link")?;
+        // The registry behind a link of its own: the same bandwidth and RTT, its own counters.
+        let registry_link = registry
+            .as_ref()
+            .map(|r| {
+                let port = r.host.rsplit(':').next().and_then(|p| p.parse().ok());
+                link::Link::start(port.context("registry port")?, net)
+                    .context("starting the registry's link")
+            })
+            .transpose()?;
         for p in &prepared {
             let env = RunEnv {
                 lazypull: &lazypull,
@@ -89,20 +137,34 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
                 mount_options: &mount_options,
             };
             let counters = || (link.down_bytes(), server.requests(), server.arrivals());
-            let mut runs: Vec<Vec<run::RunResult>> = vec![Vec::new(); Mode::ALL.len()];
+            let repo = containerd::repository(&p.image.name);
+            let mut runs: Vec<Vec<run::RunResult>> = vec![Vec::new(); modes.len()];
             for r in 0..args.runs {
-                for (i, &mode) in Mode::ALL.iter().enumerate() {
-                    let result = run::run_once(&env, mode, &p.image.workload, &counters)
-                        .with_context(|| {
-                            format!(
-                                "{} over {net}, {}, run {}",
-                                p.image.name,
-                                mode.name(),
-                                r + 1
-                            )
-                        })?;
+                for (i, &mode) in modes.iter().enumerate() {
+                    let result = match (&registry, &registry_link) {
+                        (Some(registry), Some(link)) if mode.through_containerd() => {
+                            let env = containerd::CtrEnv {
+                                lazypull: &lazypull,
+                                registry,
+                                link,
+                                scratch: &scratch,
+                                rtt: net.rtt,
+                                background_fetch: args.background_fetch,
+                            };
+                            containerd::run_once(&env, mode, &repo, &p.image.workload)
+                        }
+                        _ => run::run_once(&env, mode, &p.image.workload, &counters),
+                    }
+                    .with_context(|| {
+                        format!(
+                            "{} over {net}, {}, run {}",
+                            p.image.name,
+                            mode.name(),
+                            r + 1
+                        )
+                    })?;
                     eprintln!(
-                        "bench: {} {net} {:<24} run {}: ready in {:.2} s, {} fetched, {} requests",
+                        "bench: {} {net} {:<30} run {}: ready in {:.2} s, {} fetched, {} requests",
                         p.image.name,
                         mode.name(),
                         r + 1,
@@ -113,7 +175,7 @@ pub fn run_bench(mut args: BenchArgs) -> Result<()> {
                     runs[i].push(result);
                 }
             }
-            for (mode, results) in Mode::ALL.iter().zip(runs) {
+            for (mode, results) in modes.iter().zip(runs) {
                 measured.push(Measured {
                     image: p.image.name.clone(),
                     network: net.to_string(),
@@ -137,18 +199,31 @@ struct Prepared {
 }
 
 /// Convert `image` to eStargz and EROFS, record the workload's reads on the eStargz mount, and
-/// convert again with them as the prefetch list. Reuses earlier conversions.
-fn prepare(lazypull: &Path, work: &Path, image: images::Image) -> Result<Prepared> {
+/// convert again with them as the prefetch list; for the containerd modes also EROFS with OCI
+/// layer media types (containerd 1.6 labels only those for a remote snapshotter), with and
+/// without the list. Reuses earlier conversions.
+fn prepare(
+    lazypull: &Path,
+    work: &Path,
+    image: images::Image,
+    with_containerd: bool,
+) -> Result<Prepared> {
     let dir = work.join(&image.name);
     let src = format!("oci:{}:{}", image.layout.display(), images::TAG);
     for format in ["estargz", "erofs"] {
-        convert(lazypull, &src, &dir.join(format), format, None)?;
+        convert(lazypull, &src, &dir.join(format), format, None, &[])?;
     }
     let list = dir.join("prefetch.list");
     let read_bytes = record(lazypull, &dir, &image, &list)?;
     for format in ["estargz", "erofs"] {
         let out = dir.join(format!("{format}-prefetch"));
-        convert(lazypull, &src, &out, format, Some(&list))?;
+        convert(lazypull, &src, &out, format, Some(&list), &[])?;
+    }
+    if with_containerd {
+        let oci = ["--erofs-media-type", "oci-layer"];
+        convert(lazypull, &src, &dir.join("erofs-oci"), "erofs", None, &oci)?;
+        let out = dir.join("erofs-oci-prefetch");
+        convert(lazypull, &src, &out, "erofs", Some(&list), &oci)?;
     }
     let size = |variant: &str| -> Result<u64> { layout_layer_bytes(&dir.join(variant)) };
     let facts = report::ImageFacts {
@@ -170,6 +245,7 @@ fn convert(
     out: &Path,
     format: &str,
     list: Option<&Path>,
+    extra: &[&str],
 ) -> Result<()> {
     let done = out.join(".converted");
     if done.exists() {
@@ -177,7 +253,8 @@ fn convert(
     }
     let _ = std::fs::remove_dir_all(out);
     let mut cmd = std::process::Command::new(lazypull);
-    cmd.args(["convert", "--no-progress", "--format", format]);
+    cmd.args(["convert", "--no-progress", "--format", format])
+        .args(extra);
     if let Some(l) = list {
         cmd.arg("--prefetch-list").arg(l);
     }

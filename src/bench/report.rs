@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::run::RunResult;
 
 /// What is known about an image before any run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageFacts {
     pub name: String,
@@ -26,7 +26,7 @@ pub struct ImageFacts {
 }
 
 /// Median and spread of a mode's runs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub ready_median: f64,
@@ -60,7 +60,7 @@ impl Summary {
 }
 
 /// One image, network and mode: every run and their summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Measured {
     pub image: String,
@@ -68,6 +68,33 @@ pub struct Measured {
     pub mode: String,
     pub summary: Summary,
     pub runs: Vec<RunResult>,
+}
+
+/// The reports in `dirs` (each a `coldstart.json` of an earlier run) as one: their images
+/// (once each) and results, in order; the largest run count. For runs made one network at a
+/// time, whose figures belong in one table and chart.
+pub fn merge(dirs: &[std::path::PathBuf]) -> Result<(Vec<ImageFacts>, Vec<Measured>, usize)> {
+    #[derive(Deserialize)]
+    struct Report {
+        images: Vec<ImageFacts>,
+        results: Vec<Measured>,
+        runs: usize,
+    }
+    let (mut facts, mut measured, mut runs) = (Vec::<ImageFacts>::new(), Vec::new(), 0);
+    for d in dirs {
+        let path = d.join("coldstart.json");
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let r: Report = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not a lazypull bench report", path.display()))?;
+        for f in r.images {
+            if !facts.iter().any(|g| g.name == f.name) {
+                facts.push(f);
+            }
+        }
+        measured.extend(r.results);
+        runs = runs.max(r.runs);
+    }
+    Ok((facts, measured, runs))
 }
 
 /// `n` bytes for people.
@@ -103,27 +130,29 @@ pub fn write(out: &Path, facts: &[ImageFacts], measured: &[Measured], runs: usiz
     }
     println!();
     println!(
-        "| image | network | mode | ready (median, min–max of {runs}) | vs full pull | fetched | requests | round trips | lazypull peak RSS |"
+        "| image | network | mode | ready (median, min–max of {runs}) | vs full pull | vs containerd full pull | fetched | requests | round trips | lazypull peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for m in measured {
-        let full = measured
-            .iter()
-            .find(|f| f.image == m.image && f.network == m.network && f.mode == "full pull")
-            .map(|f| f.summary.ready_median);
         let s = &m.summary;
+        let ratio = |baseline: &str| {
+            measured
+                .iter()
+                .find(|f| f.image == m.image && f.network == m.network && f.mode == baseline)
+                .map_or("–".into(), |f| {
+                    format!("{:.0}%", 100.0 * s.ready_median / f.summary.ready_median)
+                })
+        };
         println!(
-            "| {} | {} | {} | {:.2} s ({:.2}–{:.2}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} s ({:.2}–{:.2}) | {} | {} | {} | {} | {} | {} |",
             m.image,
             m.network,
             m.mode,
             s.ready_median,
             s.ready_min,
             s.ready_max,
-            full.map_or("–".into(), |f| format!(
-                "{:.0}%",
-                100.0 * s.ready_median / f
-            )),
+            ratio("full pull"),
+            ratio("containerd full pull"),
             human(s.bytes_median),
             s.requests_median,
             s.round_trips_median,
@@ -178,11 +207,13 @@ fn chart(path: &Path, measured: &[Measured]) -> Result<()> {
         .map(|m| m.summary.ready_max)
         .fold(0.0, f64::max)
         * 1.15;
-    let width = (160 * groups.len().max(1) + 220) as u32;
+    // About 18 px per bar, and empty slots on the right where the legend goes, clear of bars.
+    let spare = 14;
+    let width = (18 * (groups.len().max(1) * (modes.len() + 1) + spare) + 80).max(640) as u32;
     let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
     let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
     root.fill(&WHITE).map_err(|e| draw(&e))?;
-    let slots = groups.len() * (modes.len() + 1);
+    let slots = groups.len() * (modes.len() + 1) + spare;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "cold start: time until the workload is ready",

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::images::{Workload, TAG};
 
@@ -24,6 +24,15 @@ pub enum Mode {
     /// `lazypull mount` of the EROFS image.
     Erofs,
     ErofsPrefetch,
+    /// containerd's own pull into its overlayfs snapshotter, then `ctr run`.
+    ContainerdFullPull,
+    /// `ctr-remote images rpull` into `lazypull snapshotter`, then `ctr run`, of the eStargz
+    /// image.
+    SnapshotterEstargz,
+    SnapshotterEstargzPrefetch,
+    /// The same of the EROFS image (layers named as OCI layers, which containerd 1.6 labels).
+    SnapshotterErofs,
+    SnapshotterErofsPrefetch,
 }
 
 impl Mode {
@@ -35,6 +44,15 @@ impl Mode {
         Mode::ErofsPrefetch,
     ];
 
+    /// The modes through containerd (see `containerd.rs`).
+    pub const CONTAINERD: [Mode; 5] = [
+        Mode::ContainerdFullPull,
+        Mode::SnapshotterEstargz,
+        Mode::SnapshotterEstargzPrefetch,
+        Mode::SnapshotterErofs,
+        Mode::SnapshotterErofsPrefetch,
+    ];
+
     /// The name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -43,23 +61,36 @@ impl Mode {
             Mode::EstargzPrefetch => "lazy eStargz + prefetch",
             Mode::Erofs => "lazy EROFS",
             Mode::ErofsPrefetch => "lazy EROFS + prefetch",
+            Mode::ContainerdFullPull => "containerd full pull",
+            Mode::SnapshotterEstargz => "snapshotter eStargz",
+            Mode::SnapshotterEstargzPrefetch => "snapshotter eStargz + prefetch",
+            Mode::SnapshotterErofs => "snapshotter EROFS",
+            Mode::SnapshotterErofsPrefetch => "snapshotter EROFS + prefetch",
         }
     }
 
-    /// The layout (under the image's directory) this mode reads.
+    /// The layout (under the image's directory) this mode reads; for the containerd modes
+    /// also the tag it has in the registry.
     pub fn variant(self) -> &'static str {
         match self {
-            Mode::FullPull => "image",
-            Mode::Estargz => "estargz",
-            Mode::EstargzPrefetch => "estargz-prefetch",
+            Mode::FullPull | Mode::ContainerdFullPull => "image",
+            Mode::Estargz | Mode::SnapshotterEstargz => "estargz",
+            Mode::EstargzPrefetch | Mode::SnapshotterEstargzPrefetch => "estargz-prefetch",
             Mode::Erofs => "erofs",
             Mode::ErofsPrefetch => "erofs-prefetch",
+            Mode::SnapshotterErofs => "erofs-oci",
+            Mode::SnapshotterErofsPrefetch => "erofs-oci-prefetch",
         }
+    }
+
+    /// Whether this mode runs through containerd.
+    pub fn through_containerd(self) -> bool {
+        Mode::CONTAINERD.contains(&self)
     }
 }
 
 /// What one run measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunResult {
     /// Seconds from the start until the workload was ready (exited, having printed its mark).
@@ -70,7 +101,8 @@ pub struct RunResult {
     /// Waves of requests, each starting more than one RTT after the previous wave began:
     /// round trips the run waited for one after the other.
     pub round_trips: u64,
-    /// Peak resident memory of the `lazypull mount` process (KiB); none for a full pull.
+    /// Peak resident memory (KiB) of the `lazypull mount` process, or of the snapshotter and
+    /// its layer servers; none for a full pull.
     pub peak_rss_kib: Option<u64>,
 }
 
@@ -93,6 +125,9 @@ pub fn run_once(
     workload: &Workload,
     counters: &dyn Fn() -> (u64, u64, Vec<Instant>),
 ) -> Result<RunResult> {
+    if mode.through_containerd() {
+        bail!("{} runs through containerd, not the harness", mode.name());
+    }
     let _ = std::fs::remove_dir_all(env.scratch);
     std::fs::create_dir_all(env.scratch)?;
     drop_caches();
@@ -135,7 +170,7 @@ pub fn run_once(
 
 /// Requests grouped into waves: a request arriving within one RTT of the start of the current
 /// wave was sent without waiting for it.
-fn waves(arrivals: &[Instant], rtt: Duration) -> u64 {
+pub(super) fn waves(arrivals: &[Instant], rtt: Duration) -> u64 {
     let mut sorted = arrivals.to_vec();
     sorted.sort();
     let mut n = 0;

@@ -1,24 +1,24 @@
 //! containerd 1.6 with `lazypull snapshotter` as a proxy snapshot plugin, all on one machine and
-//! under one temp dir: a private containerd (its own root, state and sockets; the CRI plugin set
-//! to the `lazypull` snapshotter with snapshot annotations on), the snapshotter process (stopped
-//! and restarted with the same root), a tiny busybox image to run, and the registry's access log
-//! read back. Every process and mount is cleaned up on drop, also when a test panics.
+//! under one temp dir. The components themselves (config files, start and stop, waiting for
+//! sockets, cleanup on drop) are `lazypull::containerd`, shared with `lazypull bench`; this
+//! module wraps them so that failures panic, and adds the `ctr` commands, the tiny busybox image
+//! the tests run, and the registry's access log read back. Every process and mount is cleaned
+//! up on drop, also when a test panics.
 
-use std::fmt::Write as _;
-use std::fs::OpenOptions;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lazypull::containerd::{Containerd, ContainerdConfig, Snapshotter};
 use lazypull_converter::sample::{self, ImageLayer, SampleImage};
 
 use super::registry::TestRegistry;
 use super::tarbuild::{LayerTar, MTIME};
 use super::{run_with_timeout, sha256};
 
-/// The proxy plugin's name in containerd's config (`--snapshotter lazypull`).
-pub const SNAPSHOTTER: &str = "lazypull";
+pub use lazypull::containerd::SNAPSHOTTER;
 /// The namespace `ctr` works in; CRI uses `k8s.io`.
 pub const NS: &str = "default";
 /// The CRI plugin's namespace.
@@ -61,32 +61,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Every mountpoint at or under `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let dir = dir.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(|p| p.replace("\\040", " "))
-        .filter(|p| p == &dir || p.starts_with(&format!("{dir}/")))
-        .map(PathBuf::from)
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    found.dedup();
-    found
-}
-
-/// Lazily unmount everything at or under `dir` (cleanup after a failure).
-pub fn unmount_under(dir: &Path) {
-    for m in mounts_under(dir) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&m)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+pub use lazypull::containerd::{mounts_under, unmount_under};
 
 /// The mount options of the mount at `target` (`/proc/self/mounts`), if mounted.
 pub fn mount_options(target: &Path) -> Option<(String, String)> {
@@ -98,102 +73,28 @@ pub fn mount_options(target: &Path) -> Option<(String, String)> {
     })
 }
 
-/// A running `lazypull snapshotter`, logging to a file; SIGTERM then SIGKILL on drop, after
-/// which nothing stays mounted under its root.
-pub struct TestSnapshotter {
-    pub root: PathBuf,
-    pub socket: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
+/// A running `lazypull snapshotter` ([`lazypull::containerd::Snapshotter`]) whose failures
+/// panic; fields and the other methods through `Deref`.
+pub struct TestSnapshotter(Snapshotter);
 
 impl TestSnapshotter {
-    /// Write a config under `dir` (root `dir/root`, socket `dir/snapshotter.sock`) and start.
+    /// Write a config under `dir` (root `dir/root`, socket `dir/snapshotter.sock`, no
+    /// background fetch) and start.
     pub fn start(dir: &Path) -> TestSnapshotter {
-        std::fs::create_dir_all(dir).unwrap();
-        let root = dir.join("root");
-        let socket = dir.join("snapshotter.sock");
-        let config = dir.join("snapshotter.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "root = \"{}\"\nsocket = \"{}\"\n\n[registry]\nplain_http = true\n\n\
-                 [fetch]\nbackground = false\ntimeout_secs = 10\nretries = 2\nmount_timeout_secs = 30\n",
-                root.display(),
-                socket.display()
-            ),
+        let lazypull = Path::new(super::lazypull_bin());
+        TestSnapshotter(
+            Snapshotter::start(lazypull, dir, false).unwrap_or_else(|e| panic!("{e:#}")),
         )
-        .unwrap();
-        let mut s = TestSnapshotter {
-            root,
-            socket,
-            config,
-            log: dir.join("snapshotter.log"),
-            child: None,
-        };
-        s.resume();
-        s
     }
 
-    /// Start the process again (same config and root) after [`TestSnapshotter::stop`].
+    /// Start the process again (same config and root) after `stop`.
     pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "the snapshotter is already running");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new(super::lazypull_bin())
-            .arg("snapshotter")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn lazypull snapshotter");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("lazypull snapshotter exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lazypull snapshotter does not listen on {}:\n{}",
-                self.socket.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM and wait (SIGKILL after 20 s); the exit status, `None` if it was not running.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0.resume().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// SIGKILL and reap, as a crash would end it: no cleanup of its own runs.
     pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("the snapshotter is running");
-        child.kill().expect("kill -9 lazypull snapshotter");
-        child.wait().expect("reaping lazypull snapshotter");
+        self.0.kill().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// The pids of the detached `lazypull mount` processes serving layers under its root.
@@ -216,35 +117,30 @@ impl TestSnapshotter {
         pids.sort_unstable();
         pids
     }
+}
 
-    /// Whether the process is still running.
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// The log so far (every start appends).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+impl Deref for TestSnapshotter {
+    type Target = Snapshotter;
+    fn deref(&self) -> &Snapshotter {
+        &self.0
     }
 }
 
-impl Drop for TestSnapshotter {
-    fn drop(&mut self) {
-        self.stop();
-        unmount_under(&self.root);
+impl DerefMut for TestSnapshotter {
+    fn deref_mut(&mut self) -> &mut Snapshotter {
+        &mut self.0
     }
 }
 
-/// A private containerd; its containers are killed and it is stopped on drop, then nothing of
-/// it stays mounted.
-pub struct TestContainerd {
-    pub dir: PathBuf,
-    /// The gRPC socket (`ctr -a`, the CRI client).
-    pub socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+/// A private containerd ([`lazypull::containerd::Containerd`], debug logging) whose failures
+/// panic, with the `ctr` commands the tests use.
+pub struct TestContainerd(Containerd);
+
+impl Deref for TestContainerd {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        &self.0
+    }
 }
 
 impl TestContainerd {
@@ -257,110 +153,18 @@ impl TestContainerd {
         cri_snapshotter: &str,
         registry: &str,
     ) -> TestContainerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("containerd.sock");
-        // CRI reads registry hosts from `config_path`: plain HTTP to the test registry.
-        let hosts = dir.join("certs.d").join(registry);
-        std::fs::create_dir_all(&hosts).unwrap();
-        std::fs::write(
-            hosts.join("hosts.toml"),
-            format!(
-                "server = \"http://{registry}\"\n\n[host.\"http://{registry}\"]\n  \
-                 capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
-        let mut config = String::new();
-        let d = dir.display();
-        write!(
-            config,
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  level = "debug"
-
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = "{snap}"
-
-# Collect garbage after every deletion, so Remove reaches the snapshotter within a test.
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  # No pods run: only image pulls, which need no sandbox image nor a network.
-  sandbox_image = "{registry}/no-pause:none"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{cri_snapshotter}"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
-"#,
-            sock = socket.display(),
-            snap = snapshotter_socket.display(),
-        )
-        .unwrap();
-        let config_path = dir.join("containerd.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.join("containerd.log");
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn containerd");
-        let mut c = TestContainerd {
-            dir: dir.to_path_buf(),
-            socket,
-            log,
-            child: Some(child),
+        let cfg = ContainerdConfig {
+            snapshotter_socket: snapshotter_socket.to_path_buf(),
+            cri_snapshotter: cri_snapshotter.to_string(),
+            registry: registry.to_string(),
+            log_level: "debug".into(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if c.ctr(NS, &["version"]).status.success() {
-                break;
-            }
-            if let Some(status) = c.child.as_mut().unwrap().try_wait().unwrap() {
-                c.child = None;
-                panic!("containerd exited with {status}:\n{}", c.log());
-            }
-            assert!(Instant::now() < deadline, "containerd not up:\n{}", c.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    /// containerd's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        TestContainerd(Containerd::start(dir, &cfg).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     /// `ctr -a SOCK -n NS ARGS…`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("-a").arg(&self.socket).args(["-n", ns]).args(args);
-        run_with_timeout(&mut cmd, None, CTR_TIMEOUT)
+        run_with_timeout(self.ctr_command(ns).args(args), None, CTR_TIMEOUT)
     }
 
     /// `ctr` that must succeed; its stdout.
@@ -379,12 +183,7 @@ state = "{d}/state"
     /// `ctr-remote images rpull --plain-http --snapshotter lazypull REF`: a pull whose Prepares
     /// carry the stargz remote-snapshot labels.
     pub fn rpull(&self, ns: &str, reference: &str) -> Output {
-        let mut cmd = Command::new("ctr-remote");
-        cmd.arg("-a")
-            .arg(&self.socket)
-            .args(["-n", ns, "images", "rpull", "--plain-http"])
-            .args(["--snapshotter", SNAPSHOTTER, reference]);
-        run_with_timeout(&mut cmd, None, CTR_TIMEOUT)
+        run_with_timeout(&mut self.rpull_command(ns, reference), None, CTR_TIMEOUT)
     }
 
     /// `ctr images pull --plain-http --snapshotter SNAPSHOTTER REF`.
@@ -469,38 +268,6 @@ state = "{d}/state"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    /// Kill and delete every task and container of `ns`.
-    fn clean_namespace(&self, ns: &str) {
-        let tasks = self.ctr(ns, &["tasks", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
-            let _ = self.ctr(ns, &["tasks", "kill", "-s", "SIGKILL", id]);
-            let _ = self.ctr(ns, &["tasks", "delete", "-f", id]);
-        }
-        let containers = self.ctr(ns, &["containers", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
-            let _ = self.ctr(ns, &["containers", "delete", id]);
-        }
-    }
-}
-
-impl Drop for TestContainerd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Shims outlive containerd: their tasks go first.
-            for ns in [NS, CRI_NS] {
-                self.clean_namespace(ns);
-            }
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        unmount_under(&self.dir);
     }
 }
 
@@ -657,45 +424,11 @@ pub fn busybox_image(dir: &Path, tag: &str) -> SampleImage {
     sample::write_oci_layout(dir, tag, &layers).expect("write busybox layout")
 }
 
-/// One request of the registry's access log (distribution's combined log format).
-#[derive(Clone, Debug)]
-pub struct Access {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub agent: String,
-}
-
-impl Access {
-    /// Whether this fetched (GET) the blob `digest` of any repository.
-    pub fn gets_blob(&self, digest: &str) -> bool {
-        self.method == "GET" && self.path.ends_with(&format!("/blobs/{digest}"))
-    }
-}
+pub use lazypull::containerd::Access;
 
 /// Every request in the registry's access log, in order.
 pub fn access_log(registry: &TestRegistry) -> Vec<Access> {
-    registry
-        .log()
-        .lines()
-        .filter_map(|line| {
-            // 127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 206 1234 "referer" "agent"
-            let quoted: Vec<&str> = line.split('"').collect();
-            if quoted.len() < 7 {
-                return None;
-            }
-            let mut request = quoted[1].split(' ');
-            let method = request.next()?.to_string();
-            let path = request.next()?.to_string();
-            let status = quoted[2].split_whitespace().next()?.parse().ok()?;
-            Some(Access {
-                method,
-                path,
-                status,
-                agent: quoted[5].to_string(),
-            })
-        })
-        .collect()
+    lazypull::containerd::parse_access_log(&registry.log())
 }
 
 /// Push the busybox image (written under `work`) as `REPO:plain`; the source image.

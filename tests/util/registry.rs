@@ -5,13 +5,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+
+use lazypull::containerd::Registry;
 
 use super::run_ok;
 
@@ -45,9 +47,10 @@ pub struct TestRegistry {
     /// `127.0.0.1:PORT`.
     pub host: String,
     pub auth: Auth,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    // Declared before `dir`: the process stops before its storage goes.
+    registry: Registry,
     token: Option<TokenServer>,
+    dir: tempfile::TempDir,
 }
 
 impl TestRegistry {
@@ -76,70 +79,35 @@ impl TestRegistry {
             ),
             (Auth::Token, None) => unreachable!("the token server starts with a token registry"),
         };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  \
-             filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth_yaml}",
-            dir.path().join("storage").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let mut registry = TestRegistry {
+        let registry =
+            Registry::start(dir.path(), port, &auth_yaml).unwrap_or_else(|e| panic!("{e:#}"));
+        TestRegistry {
             host,
             auth,
-            dir,
-            child: None,
+            registry,
             token,
-        };
-        registry.resume();
-        registry
+            dir,
+        }
     }
 
     /// Start the registry process again (same port, same storage) after [`TestRegistry::stop`].
     pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("registry.log"))
-            .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_status(&self.host, "/v2/").is_none() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("docker-registry exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "registry not up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.registry.resume().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Kill the registry process (storage is kept).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.registry.stop();
     }
 
     /// The registry's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        self.registry.log()
     }
 
     /// The storage directory.
     pub fn storage(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.registry.storage()
     }
 
     /// `USER:PASSWORD` when the registry wants credentials.
@@ -202,33 +170,11 @@ impl TestRegistry {
     }
 }
 
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use lazypull::containerd::free_port as try_free_port;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The status code of `GET path`, or `None` when nobody answers.
-pub fn http_status(host: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    try_free_port().expect("a free port")
 }
 
 /// The token server: `GET /token?service=…&scope=…` with Basic credentials answers a JWT
