@@ -141,7 +141,9 @@ pub(crate) struct ConvertCmd {
     pub(crate) compression_level: Option<u32>,
     /// A file listing paths in the order a workload reads them, one per line (as written by
     /// `lazypull mount --record`). Those files are placed first in every layer, followed by a
-    /// `.prefetch.landmark`, so a lazy mount fetches them all with one request.
+    /// `.prefetch.landmark`, so a lazy mount fetches them all with one request. A large file
+    /// the list shows was read sparsely (under half of it) is left out of eStargz's prefetch
+    /// region; EROFS stores it in chunks and puts only the chunks read there.
     ///
     /// Example: --prefetch-list ./python-startup.txt
     #[arg(long)]
@@ -210,8 +212,10 @@ pub(crate) struct MountCmd {
     /// Example: --cache-memory-size 16777216 (default 64 MiB)
     #[arg(long, default_value_t = lazypull_fuse::cache::DEFAULT_MEMORY_BYTES)]
     pub(crate) cache_memory_size: u64,
-    /// Write the path of every file as it is first read, in order, one per line: the input of
-    /// `lazypull convert --prefetch-list`.
+    /// Write the path of every file as it is first read, in order, one per line, with the
+    /// byte ranges read of files not read in full: the input of `lazypull convert
+    /// --prefetch-list`. Kept up to date while mounted (every half second); recording turns
+    /// passthrough off, so that every read is seen.
     ///
     /// Example: --record ./startup-files.txt
     #[arg(long)]

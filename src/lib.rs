@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lazypull_converter::convert::{self, ConvertOptions, TargetFormat};
 pub use lazypull_converter::erofs::format::ErofsMediaTypes;
+use lazypull_converter::prefetch::PrefetchList;
 use lazypull_converter::registry::{Credentials, RegistryOptions};
 
 pub use demo::{run_demo, DemoArgs};
@@ -137,16 +138,12 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
-/// Read a prefetch list: one path per line; blank lines and `#` comments are ignored.
-pub fn read_prefetch_list(path: &std::path::Path) -> Result<Vec<String>> {
+/// Read a prefetch list (`lazypull_converter::prefetch` has the format): one path per line,
+/// optionally with the byte ranges read; blank lines and `#` comments are ignored.
+pub fn read_prefetch_list(path: &std::path::Path) -> Result<PrefetchList> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading prefetch list {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    PrefetchList::parse(&text).with_context(|| format!("prefetch list {}", path.display()))
 }
 
 /// `lazypull convert`.

@@ -214,7 +214,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     clear_stale_mount(&args.mountpoint);
 
     let mut opts = MountOptions::default();
-    let passthrough = if args.passthrough {
+    // A passthrough open hands the file to the kernel, whose reads a recording would miss.
+    let passthrough = if args.passthrough && args.record.is_some() {
+        tracing::info!("recording reads: no passthrough");
+        None
+    } else if args.passthrough {
         // Also when it will not be used below: this removes what dead mounts left.
         Passthrough::new(&cache_dir.join("materialised"), args.passthrough_size)
             .map_err(|e| tracing::warn!("serving without passthrough: {e}"))
@@ -304,6 +308,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(()) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                save_record(&opts);
                 // `lazypull umount` (or a plain umount) took the mount away: stop serving.
                 if !is_mountpoint(&args.mountpoint) {
                     break;
@@ -324,9 +329,19 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         let _ = w.join();
     }
     image.unmount();
+    save_record(&opts);
     eprintln!("lazypull: unmounted {}", args.mountpoint.display());
     eprintln!("{}", report(true));
     Ok(())
+}
+
+/// Bring the `--record` file up to date, if recording.
+fn save_record(opts: &MountOptions) {
+    if let Some(r) = &opts.recorder {
+        if let Err(e) = r.save() {
+            tracing::warn!("writing the record file: {e}");
+        }
+    }
 }
 
 /// Opening a layer parses its whole TOC (tens of MB for 100k entries) and keeps only compact

@@ -579,6 +579,109 @@ fn record_lists_first_reads_in_order() {
     );
 }
 
+/// A large file read in part is recorded with the ranges read; converting with that list
+/// keeps it out of eStargz's prefetch region and puts only the chunks read in EROFS's, and the
+/// chunk-based EROFS file reads back whole and verified through a lazy mount.
+#[test]
+fn record_keeps_ranges_of_partly_read_files() {
+    use std::os::unix::fs::FileExt;
+    let support = fuse_support();
+    skip_unless!(support.is_ok(), "{}", support.unwrap_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = sample::write_sample_image(&tmp.path().join("src"), "t").unwrap();
+    let src = format!("oci:{}:t", image.dir.display());
+    let convert = |format: &str, list: Option<&Path>, out: &str| -> serde_json::Value {
+        let mut args = vec!["convert".to_string(), "--json".into(), "--format".into()];
+        args.push(format.into());
+        if let Some(l) = list {
+            args.extend(["--prefetch-list".to_string(), l.display().to_string()]);
+        }
+        args.extend([
+            src.clone(),
+            format!("oci:{}:t", tmp.path().join(out).display()),
+        ]);
+        let converted = lazypull(&args);
+        assert!(converted.status.success(), "{converted:?}");
+        serde_json::from_slice(&converted.stdout).unwrap()
+    };
+    convert("erofs", None, "plain");
+    let record = tmp.path().join("record.txt");
+    let mnt = tmp.path().join("mnt");
+    // The reference bytes, read whole from a mount that does not record.
+    let served = Served::start_with(
+        &[],
+        &format!("oci:{}:t", tmp.path().join("plain").display()),
+        &mnt,
+        &tmp.path().join("cache"),
+    );
+    let server = std::fs::read(mnt.join("app/server")).unwrap();
+    let size = server.len() as u64;
+    served.stop();
+    let served = Served::start_with(
+        &["--record", record.to_str().unwrap()],
+        &format!("oci:{}:t", tmp.path().join("plain").display()),
+        &mnt,
+        &tmp.path().join("cache2"),
+    );
+    std::fs::read(mnt.join("etc/passwd")).unwrap();
+    let mut part = vec![0u8; 8192];
+    let f = std::fs::File::open(mnt.join("app/server")).unwrap();
+    f.read_exact_at(&mut part, 1 << 20).unwrap();
+    drop(f);
+    served.stop();
+    let text = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "/etc/passwd", "read whole: no ranges");
+    let (path, ranges) = lines[1].split_once('\t').expect("ranges after a TAB");
+    assert_eq!(path, "/app/server");
+    let list = lazypull_converter::prefetch::PrefetchList::parse(&text).unwrap();
+    let read = list.entries()[1].ranges.as_ref().unwrap();
+    assert!(
+        read.iter()
+            .any(|(s, e)| s <= 1 << 20 && e >= (1 << 20) + 8192),
+        "the range read is recorded: {ranges}"
+    );
+    assert!(read.covered() < size / 2, "{ranges} of {size} bytes");
+
+    let layer_prefetch = |report: &serde_json::Value| -> Vec<u64> {
+        report["manifests"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["prefetchSize"].as_u64().unwrap())
+            .collect()
+    };
+    let app = |report: &serde_json::Value| {
+        // The app layer is the one that holds app/server: the second of three.
+        layer_prefetch(report)[1]
+    };
+    let erofs = convert("erofs", Some(&record), "erofs");
+    let erofs_plain = convert("erofs", None, "erofs-plain");
+    assert!(
+        app(&erofs) > app(&erofs_plain) && app(&erofs) < app(&erofs_plain) + size / 2,
+        "EROFS prefetch region holds the chunks read, not the file: {} vs {} without a list",
+        app(&erofs),
+        app(&erofs_plain)
+    );
+    let estargz = convert("estargz", Some(&record), "estargz");
+    assert!(
+        app(&estargz) < size / 2,
+        "eStargz leaves the sparsely read file out: {}",
+        app(&estargz)
+    );
+    let served = Served::start_with(
+        &[],
+        &format!("oci:{}:t", tmp.path().join("erofs").display()),
+        &mnt,
+        &tmp.path().join("cache3"),
+    );
+    let back = std::fs::read(mnt.join("app/server")).unwrap();
+    served.stop();
+    assert!(back == server, "the chunk-based file reads back whole");
+    assert!(server[1 << 20..(1 << 20) + 8192] == part[..]);
+}
+
 /// With a prefetch list, mounting fetches the prefetch region in one request, so the first
 /// reads of the listed files need no request at all; other files still fetch on demand.
 #[test]

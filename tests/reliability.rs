@@ -227,7 +227,13 @@ impl Drop for Scratch {
 fn start_over_dead(flags: &[&str], source: &str, mnt: &Path, cache: &Path) -> Served {
     let served = Served::start_with(flags, source, mnt, cache);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lazypull_fuse::fs::is_disconnected(mnt) {
+    // Between clearing the dead mount and mounting anew, the mountpoint is a bare directory:
+    // wait for a live mount with the image's root in it.
+    let serving = || {
+        !lazypull_fuse::fs::is_disconnected(mnt)
+            && std::fs::read_dir(mnt).is_ok_and(|mut d| d.next().is_some())
+    };
+    while !serving() {
         assert!(Instant::now() < deadline, "{} still dead", mnt.display());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -33,6 +33,7 @@ pub mod error;
 pub mod estargz;
 pub mod layer;
 pub mod oci;
+pub mod prefetch;
 #[cfg(feature = "registry")]
 pub mod registry;
 #[cfg(feature = "write")]

@@ -23,9 +23,12 @@ mod link;
 mod report;
 mod run;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use lazypull_converter::prefetch::PrefetchList;
 use lazypull_fuse::serve::{RangeServer, Throttle};
 
 pub use link::LinkSpec;
@@ -214,7 +217,7 @@ fn prepare(
         convert(lazypull, &src, &dir.join(format), format, None, &[])?;
     }
     let list = dir.join("prefetch.list");
-    let read_bytes = record(lazypull, &dir, &image, &list)?;
+    let read = record(lazypull, &dir, &image, &list)?;
     for format in ["estargz", "erofs"] {
         let out = dir.join(format!("{format}-prefetch"));
         convert(lazypull, &src, &out, format, Some(&list), &[])?;
@@ -232,8 +235,9 @@ fn prepare(
         gzip_bytes: size("image")?,
         estargz_bytes: size("estargz")?,
         erofs_bytes: size("erofs")?,
-        workload_read_bytes: read_bytes,
-        workload_files: std::fs::read_to_string(&list)?.lines().count() as u64,
+        workload_read_bytes: read.file_bytes,
+        workload_range_bytes: read.range_bytes,
+        workload_files: read.files,
     };
     Ok(Prepared { image, facts })
 }
@@ -270,8 +274,13 @@ fn convert(
 }
 
 /// Mount the eStargz image with `--record`, run the workload once, and keep the list of files
-/// it read; returns their total size.
-fn record(lazypull: &Path, dir: &Path, image: &images::Image, list: &Path) -> Result<u64> {
+/// it read (with the ranges read of files read in part); returns what it read.
+fn record(
+    lazypull: &Path,
+    dir: &Path,
+    image: &images::Image,
+    list: &Path,
+) -> Result<WorkloadReads> {
     let scratch = dir.join("record");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
@@ -294,23 +303,52 @@ fn record(lazypull: &Path, dir: &Path, image: &images::Image, list: &Path) -> Re
     let root = scratch.join("root");
     mounts.overlay(std::slice::from_ref(&mnt), &scratch, &root)?;
     run::run_workload(&root, &image.workload, &mut mounts)?;
-    let paths = std::fs::read_to_string(&tmp_list).unwrap_or_default();
-    let bytes = paths
-        .lines()
-        .filter_map(|p| std::fs::symlink_metadata(mnt.join(p.trim_start_matches('/'))).ok())
-        .map(|m| m.len())
-        .sum();
+    // The mount saves the record every half second: after a second it holds every read.
+    std::thread::sleep(Duration::from_secs(1));
+    let sizes: HashMap<String, u64> = read_list(&tmp_list)?
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            let m = std::fs::symlink_metadata(mnt.join(&e.path)).ok()?;
+            Some((e.path.clone(), m.len()))
+        })
+        .collect();
     mounts.unmount_all();
     lazy.stop()?;
-    if paths.is_empty() {
+    let recorded = read_list(&tmp_list)?;
+    if recorded.is_empty() {
         bail!(
             "{}: the workload read no file through the mount",
             image.name
         );
     }
-    std::fs::write(list, paths)?;
+    let mut read = WorkloadReads {
+        files: recorded.len() as u64,
+        ..WorkloadReads::default()
+    };
+    for e in recorded.entries() {
+        let size = sizes.get(&e.path).copied().unwrap_or(0);
+        read.file_bytes += size;
+        read.range_bytes += e.ranges.as_ref().map_or(size, |r| r.covered().min(size));
+    }
+    std::fs::write(list, recorded.render())?;
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(bytes)
+    Ok(read)
+}
+
+/// What the recorded workload read.
+#[derive(Default)]
+struct WorkloadReads {
+    files: u64,
+    /// Total size of the files.
+    file_bytes: u64,
+    /// The bytes of them it read.
+    range_bytes: u64,
+}
+
+fn read_list(path: &Path) -> Result<PrefetchList> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    PrefetchList::parse(&text).with_context(|| format!("record {}", path.display()))
 }
 
 /// Total size of the layers of the one image in layout `dir`.

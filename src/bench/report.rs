@@ -22,6 +22,9 @@ pub struct ImageFacts {
     pub erofs_bytes: u64,
     /// Total size of the files the workload read (from `lazypull mount --record`).
     pub workload_read_bytes: u64,
+    /// The bytes of those files it read (reports written before ranges were recorded: 0).
+    #[serde(default)]
+    pub workload_range_bytes: u64,
     pub workload_files: u64,
 }
 
@@ -118,14 +121,16 @@ pub fn write(out: &Path, facts: &[ImageFacts], measured: &[Measured], runs: usiz
     println!();
     for f in facts {
         println!(
-            "{}: {} uncompressed, gzip {}, eStargz {}, EROFS {}; the workload reads {} files, {}",
+            "{}: {} uncompressed, gzip {}, eStargz {}, EROFS {}; the workload reads {} files \
+             of {} in all, {} of it",
             f.name,
             human(f.uncompressed_bytes),
             human(f.gzip_bytes),
             human(f.estargz_bytes),
             human(f.erofs_bytes),
             f.workload_files,
-            human(f.workload_read_bytes)
+            human(f.workload_read_bytes),
+            human(f.workload_range_bytes)
         );
     }
     println!();

@@ -103,8 +103,8 @@ pub struct ConvertOptions {
     pub chunk_size: Option<u64>,
     /// Compression level; `None` for the format's default.
     pub level: Option<u32>,
-    /// Paths in access order, placed first in every layer.
-    pub prefetch: Option<Vec<String>>,
+    /// Files in access order, placed first in every layer.
+    pub prefetch: Option<crate::prefetch::PrefetchList>,
     /// Worker threads; `None` for one per core.
     pub threads: Option<usize>,
     /// Only this platform (`os/arch[/variant]`).

@@ -18,6 +18,7 @@ use crate::blob::BlobRead;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::layer::{parent_of, tar_header, tar_name, EntryKind, Layer, LayerEntry, TAR_BLOCK};
+use crate::prefetch::PrefetchList;
 
 /// Which flavour of blob to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +63,9 @@ pub struct EstargzOptions {
     pub chunk_size: u64,
     /// gzip 1–9 (default 9) or zstd 1–22 (default 3).
     pub level: u32,
-    /// Paths in access order; they are placed first, followed by `.prefetch.landmark`.
-    pub prefetch: Option<Vec<String>>,
+    /// Files in access order; they are placed first, followed by `.prefetch.landmark`,
+    /// except large files the list says were read sparsely (see [`crate::prefetch::PrefetchEntry::is_sparse`]).
+    pub prefetch: Option<PrefetchList>,
     /// Uncompressed bytes materialised and compressed at once (bounds memory).
     pub window: u64,
 }
@@ -197,7 +199,7 @@ impl EstargzWriter {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<WrittenBlob> {
         self.opts.check()?;
-        let items = order_items(layer, self.opts.prefetch.as_deref());
+        let items = order_items(layer, self.opts.prefetch.as_ref());
         let mut plan = self.plan(layer, items)?;
         let mut out = CountingWriter::new(out);
         let mut diff = Hasher::new();
@@ -554,7 +556,9 @@ fn toc_entry(e: &LayerEntry, names: &mut NameMemo) -> TocEntry {
 /// The output order: without a prefetch list, `.no.prefetch.landmark` then the layer's order;
 /// with one, the listed files in access order (each after its parent directories and, for
 /// hardlinks, their targets), `.prefetch.landmark`, then everything else in the layer's order.
-fn order_items(layer: &Layer, prefetch: Option<&[String]>) -> Vec<Item> {
+/// A file read sparsely stays out of the prefetch region: a file's bytes are one run of the
+/// tar stream, so the region would have to hold all of it.
+fn order_items(layer: &Layer, prefetch: Option<&PrefetchList>) -> Vec<Item> {
     let mut items = Vec::with_capacity(layer.entries.len() + 1);
     let Some(list) = prefetch else {
         items.push(Item::Landmark(format::NO_PREFETCH_LANDMARK));
@@ -563,11 +567,20 @@ fn order_items(layer: &Layer, prefetch: Option<&[String]>) -> Vec<Item> {
     };
     let index = layer.index_by_name();
     let mut placed = HashSet::new();
-    for path in list {
-        let name = normalise_list_path(path);
-        if let Some(&i) = index.get(name.as_str()) {
-            place_with_parents(layer, &index, i, &mut placed, &mut items);
+    for listed in list.entries() {
+        let Some(&i) = index.get(listed.path.as_str()) else {
+            continue;
+        };
+        let size = layer.entries[i].size;
+        if listed.is_sparse(size) {
+            tracing::info!(
+                "`{}`: the workload read {} of its {size} bytes; left out of the prefetch region",
+                listed.path,
+                listed.ranges.as_ref().map_or(size, |r| r.covered()),
+            );
+            continue;
         }
+        place_with_parents(layer, &index, i, &mut placed, &mut items);
     }
     items.push(Item::Landmark(format::PREFETCH_LANDMARK));
     items.extend(
@@ -616,15 +629,6 @@ fn place_with_parents(
     if placed.insert(i) {
         items.push(Item::Layer(i));
     }
-}
-
-/// A prefetch-list path as a layer name: `/usr/bin/x`, `./usr/bin/x` and `usr/bin/x/` match
-/// `usr/bin/x`.
-fn normalise_list_path(path: &str) -> String {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// A per-thread compressor.
@@ -798,11 +802,11 @@ mod tests {
     fn prefetch_list_comes_first_with_parents_then_landmark() {
         let layer = sample_layer();
         let mut opts = EstargzOptions::new(BlobFormat::Estargz);
-        opts.prefetch = Some(vec![
-            "/a/small.txt".into(),
-            "missing".into(),
-            "exact.bin".into(),
-        ]);
+        opts.prefetch = Some(PrefetchList::from_paths([
+            "/a/small.txt",
+            "missing",
+            "exact.bin",
+        ]));
         let (blob, w) = write(&layer, opts);
         let r = EstargzReader::open(&blob, Some(&w.toc_digest)).unwrap();
         let names: Vec<&str> = r.toc().entries.iter().map(|e| e.name.as_str()).collect();
@@ -822,6 +826,33 @@ mod tests {
         // The prefetched files' content lies before the landmark.
         let small_chunk = &r.lookup("a/small.txt").unwrap().chunks[0];
         assert!(small_chunk.blob_offset < end);
+    }
+
+    #[test]
+    fn sparsely_read_large_files_stay_out_of_the_prefetch_region() {
+        let mib = 1 << 20;
+        let tar = tar_of(&[
+            ("small.txt", b"hi".to_vec()),
+            ("huge.bin", noise(3 * mib, 3)),
+            ("dense.bin", noise(3 * mib, 4)),
+        ]);
+        let layer = Layer::ingest(&tar[..], &IngestOptions::default()).unwrap();
+        let list = PrefetchList::parse(&format!(
+            "/small.txt\n/huge.bin\t0+4096,{mib}+65536\n/dense.bin\t0+{}\n",
+            2 * mib
+        ))
+        .unwrap();
+        let mut opts = EstargzOptions::new(BlobFormat::Estargz);
+        opts.prefetch = Some(list);
+        let (blob, _) = write(&layer, opts);
+        let r = EstargzReader::open(&blob, None).unwrap();
+        let names: Vec<&str> = r.toc().entries.iter().map(|e| e.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        let landmark = at(".prefetch.landmark");
+        assert!(at("small.txt") < landmark, "{names:?}");
+        assert!(at("dense.bin") < landmark, "two thirds read: {names:?}");
+        assert!(at("huge.bin") > landmark, "read 2%: {names:?}");
+        assert_eq!(r.read_file("huge.bin").unwrap(), noise(3 * mib, 3));
     }
 
     #[test]

@@ -489,8 +489,9 @@ impl<T: LayerTree + 'static> Filesystem for LayerFs<T> {
             move |core, reply, data| match data {
                 Ok(data) => {
                     if let Some((recorder, seen)) = &core.recorder {
-                        if let Some(path) = seen.first_read(i) {
-                            recorder.record(&path);
+                        if let Some(path) = seen.path(i) {
+                            let size = || core.tree.getattr(i).map_or(0, |a| a.size);
+                            recorder.record(&path, offset, data.len() as u64, size);
                         }
                     }
                     // Before the reply: whoever reads the end learns at once what was decided.

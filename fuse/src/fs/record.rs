@@ -1,50 +1,121 @@
-//! `--record`: the paths of files as they are first read, in order — the input of
-//! `lazypull convert --prefetch-list`.
+//! `--record`: the files a workload reads, in the order it first reads them, with the byte
+//! ranges it read of each — the input of `lazypull convert --prefetch-list`
+//! (`lazypull_converter::prefetch` has the format).
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use lazypull_converter::prefetch::{ByteRanges, PrefetchEntry, PrefetchList};
 
 use super::tree::Ino;
 
-/// Appends each path the first time a file is read, one per line, flushed at once so the file
-/// is usable while the mount still runs. Shared by every layer of a mounted image.
+/// Collects reads from every layer of a mounted image and writes them as a prefetch list.
+/// The file is replaced whole (written beside it, then renamed) by [`AccessRecorder::save`],
+/// which the mount calls every half second while reads come in and once more at unmount, so
+/// it is usable while the mount runs.
 pub struct AccessRecorder {
+    path: PathBuf,
     inner: Mutex<Recorded>,
 }
 
 impl std::fmt::Debug for AccessRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AccessRecorder")
+        write!(f, "AccessRecorder({})", self.path.display())
     }
 }
 
+#[derive(Default)]
 struct Recorded {
-    out: BufWriter<File>,
-    seen: HashSet<String>,
+    /// Files in first-read order.
+    files: Vec<File>,
+    at: HashMap<Arc<str>, usize>,
+    /// Reads since the last save.
+    dirty: bool,
+}
+
+struct File {
+    path: Arc<str>,
+    size: u64,
+    read: ByteRanges,
 }
 
 impl AccessRecorder {
-    /// Record into a new (truncated) file at `path`.
+    /// Record into `path`, created (empty) at once so a bad path fails before mounting.
     pub fn create(path: &Path) -> io::Result<Self> {
-        Ok(AccessRecorder {
-            inner: Mutex::new(Recorded {
-                out: BufWriter::new(File::create(path)?),
-                seen: HashSet::new(),
-            }),
+        let r = AccessRecorder {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Recorded::default()),
+        };
+        r.write(&PrefetchList::default())?;
+        Ok(r)
+    }
+
+    /// Note a read of `len` bytes at `offset` of the file at `path` (relative to the mount);
+    /// `size` gives the file's size on its first read.
+    pub fn record(&self, path: &Arc<str>, offset: u64, len: u64, size: impl FnOnce() -> u64) {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match r.at.get(path) {
+            Some(&i) => i,
+            None => {
+                let i = r.files.len();
+                r.files.push(File {
+                    path: Arc::clone(path),
+                    size: size(),
+                    read: ByteRanges::default(),
+                });
+                r.at.insert(Arc::clone(path), i);
+                r.dirty = true;
+                i
+            }
+        };
+        let read = &mut r.files[i].read;
+        let before = read.covered();
+        read.insert(offset, offset.saturating_add(len));
+        if read.covered() != before {
+            r.dirty = true;
+        }
+    }
+
+    /// The list so far: files read in full (or empty ones) without ranges.
+    pub fn list(&self) -> PrefetchList {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = PrefetchList::default();
+        for f in &r.files {
+            list.push(PrefetchEntry {
+                path: f.path.to_string(),
+                ranges: (!f.read.covers(f.size)).then(|| f.read.clone()),
+            });
+        }
+        list
+    }
+
+    /// Write the file if reads came in since the last save.
+    pub fn save(&self) -> io::Result<()> {
+        let dirty = std::mem::take(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()).dirty);
+        if !dirty {
+            return Ok(());
+        }
+        let list = self.list();
+        self.write(&list).inspect_err(|_| {
+            // Try again next time.
+            self.inner.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
         })
     }
 
-    /// Note a read of `path` (relative to the mount); only its first read is written.
-    pub fn record(&self, path: &str) {
-        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if r.seen.insert(path.to_string()) {
-            let line = format!("/{path}\n");
-            if let Err(e) = r.out.write_all(line.as_bytes()).and_then(|_| r.out.flush()) {
-                tracing::warn!("recording `{path}`: {e}");
-            }
+    fn write(&self, list: &PrefetchList) -> io::Result<()> {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, list.render())?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+impl Drop for AccessRecorder {
+    fn drop(&mut self) {
+        if let Err(e) = self.save() {
+            tracing::warn!("writing the record {}: {e}", self.path.display());
         }
     }
 }
@@ -53,7 +124,6 @@ impl AccessRecorder {
 #[derive(Default)]
 pub(super) struct PathsSeen {
     paths: Mutex<HashMap<Ino, Arc<str>>>,
-    read: Mutex<HashSet<Ino>>,
 }
 
 impl PathsSeen {
@@ -76,20 +146,50 @@ impl PathsSeen {
         paths.insert(child, path);
     }
 
-    /// The path of `ino` if this is its first read.
-    pub(super) fn first_read(&self, ino: Ino) -> Option<Arc<str>> {
-        if !self
-            .read
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ino)
-        {
-            return None;
-        }
+    /// The path `ino` was reached by, if known.
+    pub(super) fn path(&self, ino: Ino) -> Option<Arc<str>> {
         self.paths
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_first_read_order_and_ranges_of_partly_read_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec.txt");
+        let r = AccessRecorder::create(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        let (a, big, empty): (Arc<str>, Arc<str>, Arc<str>) =
+            ("etc/a".into(), "lib/big".into(), "etc/empty".into());
+        r.record(&a, 0, 4096, || 10);
+        r.record(&big, 1 << 20, 131072, || 100 << 20);
+        r.record(&empty, 0, 0, || 0);
+        r.record(&big, 0, 4096, || unreachable!("size is asked once"));
+        r.record(&a, 0, 4096, || 10);
+        r.save().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "/etc/a\n/lib/big\t0+4096,1048576+131072\n/etc/empty\n"
+        );
+        r.record(&big, 4096, 8192, || 0);
+        drop(r);
+        let list = PrefetchList::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            list.entries()[1]
+                .ranges
+                .as_ref()
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            [(0, 12288), (1048576, 1179648)],
+            "the last reads are saved on drop"
+        );
     }
 }

@@ -8,14 +8,14 @@ use zerocopy::IntoBytes;
 use crate::erofs::format::{
     i_format, superblock_checksum, InodeExtended, SuperBlock, BLOCK_BITS, BLOCK_SIZE, COMPAT_MTIME,
     COMPAT_SB_CHKSUM, FT_BLKDEV, FT_CHRDEV, FT_DIR, FT_FIFO, FT_REG_FILE, FT_SYMLINK,
-    LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, SUPER_MAGIC, SUPER_OFFSET, S_IFBLK, S_IFCHR,
-    S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG,
+    INCOMPAT_CHUNKED_FILE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR,
+    SUPER_MAGIC, SUPER_OFFSET, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG,
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::layer::Layer;
 
 use super::dir::{self, DirEntry};
-use super::layout::{Data, InodePlan, Plan, INODE_SIZE};
+use super::layout::{Data, InodePlan, Plan, CHUNK_BITS, INODE_SIZE};
 use super::tree::{Node, NodeKind, Tree};
 
 /// Spool reads are bounded by this, whatever the file size.
@@ -37,8 +37,16 @@ pub(super) fn metadata(tree: &Tree, plan: &Plan, layer: &Layer, uuid: [u8; 16]) 
             Data::Blocks { startblk } | Data::BlocksAndTail { startblk } => {
                 (u64::from(startblk) * BLOCK_SIZE) as usize
             }
-            Data::None | Data::Inline => 0,
+            Data::None | Data::Inline | Data::Chunked => 0,
         };
+        if p.data == Data::Chunked {
+            // The block map, right after the xattrs (4-byte aligned: inode and xattrs are).
+            debug_assert_eq!(inline_at % 4, 0);
+            for (k, blk) in p.chunk_blocks.iter().enumerate() {
+                let at = inline_at + 4 * k;
+                buf[at..at + 4].copy_from_slice(&blk.to_le_bytes());
+            }
+        }
         match &node.kind {
             NodeKind::Dir { parent, children } => {
                 let mut entries = vec![
@@ -95,9 +103,15 @@ fn inode(node: &Node, p: &InodePlan, ino: u32) -> InodeExtended {
     let layout = match p.data {
         Data::Inline | Data::BlocksAndTail { .. } => LAYOUT_FLAT_INLINE,
         Data::None | Data::Blocks { .. } => LAYOUT_FLAT_PLAIN,
+        Data::Chunked => LAYOUT_CHUNK_BASED,
     };
     let (ifmt, i_u) = match node.kind {
         NodeKind::Dir { .. } => (S_IFDIR, startblk(p.data)),
+        // A chunk-based file's `i_u` is its chunk format: log2(chunk / block), no flags (a
+        // block map, not chunk indexes).
+        NodeKind::Reg { .. } if p.data == Data::Chunked => {
+            (S_IFREG, u32::from(CHUNK_BITS - BLOCK_BITS))
+        }
         NodeKind::Reg { .. } => (S_IFREG, startblk(p.data)),
         NodeKind::Symlink { .. } => (S_IFLNK, startblk(p.data)),
         NodeKind::Char { rdev } => (S_IFCHR, rdev),
@@ -126,7 +140,7 @@ fn inode(node: &Node, p: &InodePlan, ino: u32) -> InodeExtended {
 /// for no data (FLAT_PLAIN with a null address reads as a hole only on 6.15+).
 fn startblk(data: Data) -> u32 {
     match data {
-        Data::None => 0,
+        Data::None | Data::Chunked => 0,
         Data::Inline => NULL_ADDR,
         Data::BlocksAndTail { startblk } | Data::Blocks { startblk } => startblk,
     }
@@ -162,7 +176,12 @@ fn write_superblock(buf: &mut [u8], plan: &Plan, uuid: [u8; 16]) {
         xattr_blkaddr: 0.into(),
         uuid,
         volume_name: [0; 16],
-        feature_incompat: 0.into(),
+        feature_incompat: if plan.chunked {
+            INCOMPAT_CHUNKED_FILE
+        } else {
+            0
+        }
+        .into(),
         u1: 0.into(),
         extra_devices: 0.into(),
         devt_slotoff: 0.into(),
@@ -179,29 +198,28 @@ fn write_superblock(buf: &mut [u8], plan: &Plan, uuid: [u8; 16]) {
     buf[at + 4..at + 8].copy_from_slice(&csum.to_le_bytes());
 }
 
-/// Streams the data area: each planned file's content from the spool, padded to its last block.
+/// Streams the data area: each planned extent's bytes from the spool, padded to its last block.
 pub(super) fn data<W: Write>(tree: &Tree, plan: &Plan, layer: &Layer, out: &mut W) -> Result<()> {
     let mut buf = vec![0u8; COPY_BUF];
-    for &i in &plan.data_files {
-        let p = &plan.inodes[i];
-        let NodeKind::Reg { entry, size } = tree.nodes[p.node].kind else {
+    for x in &plan.extents {
+        let p = &plan.inodes[x.inode];
+        let NodeKind::Reg { entry, .. } = tree.nodes[p.node].kind else {
             unreachable!("only regular files are in the data area")
         };
         let e = &layer.entries[entry];
-        let mut off = 0;
-        while off < size {
-            let n = (size - off).min(COPY_BUF as u64) as usize;
+        let write_err = |err| Error::io(format!("write EROFS data of `{}`", e.name), err);
+        let mut done = 0;
+        while done < x.len {
+            let n = (x.len - done).min(COPY_BUF as u64) as usize;
             layer
-                .read_content(e, off, &mut buf[..n])
+                .read_content(e, x.offset + done, &mut buf[..n])
                 .with_context(|| format!("entry `{}`", e.name))?;
-            out.write_all(&buf[..n])
-                .map_err(|err| Error::io(format!("write EROFS data of `{}`", e.name), err))?;
-            off += n as u64;
+            out.write_all(&buf[..n]).map_err(write_err)?;
+            done += n as u64;
         }
-        let pad = (size.next_multiple_of(BLOCK_SIZE) - size) as usize;
+        let pad = (x.len.next_multiple_of(BLOCK_SIZE) - x.len) as usize;
         buf[..pad].fill(0);
-        out.write_all(&buf[..pad])
-            .map_err(|err| Error::io(format!("write EROFS data of `{}`", e.name), err))?;
+        out.write_all(&buf[..pad]).map_err(write_err)?;
     }
     Ok(())
 }

@@ -10,11 +10,17 @@
 //! then           data of prefetch-listed files, in list order
 //! then           data of every other regular file, in layer order
 //! ```
+//!
+//! A prefetch-listed file the workload read sparsely (a large file of which it read little)
+//! is stored chunk-based instead: a block map of [`CHUNK_BITS`]-sized chunks after its inode,
+//! the chunks it read in the prefetch region at its place in the list, the rest at its place
+//! among the other files. Every other file is one run of blocks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::erofs::format::{BLOCK_SIZE, SLOT_SIZE, SUPER_OFFSET};
+use crate::erofs::format::{BLOCK_BITS, BLOCK_SIZE, NULL_ADDR, SLOT_SIZE, SUPER_OFFSET};
 use crate::error::{Error, Result};
+use crate::prefetch::PrefetchList;
 
 use super::dir::DirShape;
 use super::tree::{NodeId, NodeKind, Tree, ROOT};
@@ -39,6 +45,14 @@ pub(super) const INODE_SIZE: u64 = 64;
 /// area, so the metadata region (always fetched) stays small for lazy pulls.
 pub(super) const INLINE_FILE_MAX: u64 = 1024;
 
+/// Chunk size of sparsely read files (64 KiB): small enough that the prefetch region holds
+/// little the workload did not read, large enough that the block map stays small (4 bytes per
+/// chunk: 8 KiB for a 130 MB file).
+pub(super) const CHUNK_BITS: u8 = 16;
+
+/// Bytes of one block-map entry (a 32-bit start block).
+const BLOCK_MAP_ENTRY: u64 = 4;
+
 /// The first inode sits right after the superblock's 128 bytes (nid 36, as mkfs does).
 const FIRST_INODE: u64 = SUPER_OFFSET + 128;
 
@@ -53,6 +67,9 @@ pub(super) enum Data {
     BlocksAndTail { startblk: u32 },
     /// Every byte in blocks from `startblk` (FLAT_PLAIN).
     Blocks { startblk: u32 },
+    /// Chunks of 2^[`CHUNK_BITS`] bytes, each starting at its entry of `chunk_blocks`
+    /// (CHUNK_BASED with a block map right after inode and xattrs).
+    Chunked,
 }
 
 /// The plan of one inode.
@@ -68,8 +85,28 @@ pub(super) struct InodePlan {
     pub dir_shape: Option<DirShape>,
     /// Bytes of data stored inline after the xattrs.
     pub inline_len: u64,
-    /// Bytes stored in blocks (`Data::Blocks*`), before padding.
+    /// Bytes stored in blocks (`Data::Blocks*`, `Data::Chunked`), before padding.
     pub block_len: u64,
+    /// `Data::Chunked`: each chunk's start block.
+    pub chunk_blocks: Vec<u32>,
+}
+
+impl InodePlan {
+    /// Bytes of the block map after the xattrs (chunk-based files only).
+    pub fn table_len(&self) -> u64 {
+        self.chunk_blocks.len() as u64 * BLOCK_MAP_ENTRY
+    }
+}
+
+/// A run of a regular file's bytes in the data area, starting on a block boundary and padded
+/// to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Extent {
+    /// Index in `Plan::inodes`.
+    pub inode: usize,
+    /// Offset in the file.
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// The plan of the whole image.
@@ -80,25 +117,29 @@ pub(super) struct Plan {
     /// Node → index in `inodes`.
     pub by_node: Vec<usize>,
     pub metadata_end: u64,
-    /// Regular files in the data area, in the order their blocks follow `metadata_end`.
-    pub data_files: Vec<usize>,
+    /// The data area after `metadata_end`, in image order.
+    pub extents: Vec<Extent>,
+    /// Whether some file is chunk-based (a feature flag for the superblock).
+    pub chunked: bool,
     pub prefetch_end: u64,
     /// Image size in bytes (whole blocks).
     pub size: u64,
 }
 
 impl Plan {
-    /// Plans the image of `tree`; `prefetch` holds normalised paths.
-    pub fn new(tree: &Tree, prefetch: &[String]) -> Result<Plan> {
+    /// Plans the image of `tree`, the files of `prefetch` first.
+    pub fn new(tree: &Tree, prefetch: Option<&PrefetchList>) -> Result<Plan> {
+        let (listed, sparse) = resolve(tree, prefetch);
         let order = nid_order(tree);
         let mut inodes = Vec::with_capacity(order.len());
         let mut by_node = vec![usize::MAX; tree.nodes.len()];
         let mut cursor = FIRST_INODE;
         for node in order {
-            let mut p = shape(tree, node)?;
-            let footprint = INODE_SIZE + p.xattrs.bytes.len() as u64 + p.inline_len;
+            let mut p = shape(tree, node, sparse.contains_key(&node))?;
+            let footprint = INODE_SIZE + p.xattrs.bytes.len() as u64 + p.inline_len + p.table_len();
             // The inline tail must not cross a block; keeping inode and xattrs in the same
-            // block too means no reader ever stitches an inode from two blocks.
+            // block too means no reader ever stitches an inode from two blocks. (A block map
+            // may span blocks: its 4-byte entries never straddle one.)
             if cursor % BLOCK_SIZE + footprint > BLOCK_SIZE {
                 cursor = cursor.next_multiple_of(BLOCK_SIZE);
             }
@@ -124,48 +165,56 @@ impl Plan {
         }
         let metadata_end = next_block * BLOCK_SIZE;
 
-        // Regular files' blocks: prefetch-listed ones in list order, then the layer's order.
-        let mut data_files = Vec::new();
-        let mut placed = HashSet::new();
-        for path in prefetch {
-            let Some(&node) = tree.paths.get(path.as_str()) else {
-                continue;
-            };
+        // Regular files' data: prefetch-listed ones in list order (only the chunks read, for
+        // sparse ones), then the rest in the layer's order.
+        let mut area = DataArea {
+            next_block,
+            extents: Vec::new(),
+        };
+        let mut whole = HashSet::new();
+        for &node in &listed {
             let i = by_node[node];
-            if inodes[i].block_len > 0 && tree.nodes[node].is_reg() && placed.insert(i) {
-                data_files.push(i);
+            if inodes[i].block_len == 0 || whole.contains(&i) {
+                continue;
+            }
+            match sparse.get(&node) {
+                Some(chunks) => area.chunks(&mut inodes[i], i, chunks.iter().copied())?,
+                None => {
+                    area.whole(&mut inodes[i], i)?;
+                    whole.insert(i);
+                }
             }
         }
-        let prefetched = data_files.len();
+        let prefetch_end = area.next_block * BLOCK_SIZE;
         let mut rest: Vec<usize> = (0..inodes.len())
             .filter(|&i| {
                 inodes[i].block_len > 0
                     && tree.nodes[inodes[i].node].is_reg()
-                    && !placed.contains(&i)
+                    && !whole.contains(&i)
             })
             .collect();
         rest.sort_by_key(|&i| tree.nodes[inodes[i].node].order);
-        data_files.extend(rest);
-        let mut prefetch_end = metadata_end;
-        for (k, &i) in data_files.iter().enumerate() {
+        for i in rest {
             let p = &mut inodes[i];
-            p.data = Data::Blocks {
-                startblk: block_no(next_block)?,
-            };
-            next_block += p.block_len.div_ceil(BLOCK_SIZE);
-            if k + 1 == prefetched {
-                prefetch_end = next_block * BLOCK_SIZE;
+            if p.data == Data::Chunked {
+                let unplaced: Vec<u64> = (0..p.chunk_blocks.len() as u64)
+                    .filter(|&k| p.chunk_blocks[k as usize] == NULL_ADDR)
+                    .collect();
+                area.chunks(p, i, unplaced.into_iter())?;
+            } else {
+                area.whole(p, i)?;
             }
         }
         // `blocks` in the superblock is a u32 too.
-        block_no(next_block)?;
+        block_no(area.next_block)?;
         Ok(Plan {
+            chunked: !sparse.is_empty(),
             inodes,
             by_node,
             metadata_end,
-            data_files,
+            extents: area.extents,
             prefetch_end,
-            size: next_block * BLOCK_SIZE,
+            size: area.next_block * BLOCK_SIZE,
         })
     }
 
@@ -181,6 +230,93 @@ fn block_no(block: u64) -> Result<u32> {
             "image of {block}+ blocks exceeds EROFS's 32-bit block addresses (16 TiB)"
         ))
     })
+}
+
+/// The data area as it fills up.
+struct DataArea {
+    next_block: u64,
+    extents: Vec<Extent>,
+}
+
+impl DataArea {
+    /// The next blocks for `len` bytes of inode `i` from `offset`; returns the first.
+    fn take(&mut self, i: usize, offset: u64, len: u64) -> Result<u32> {
+        let first = block_no(self.next_block)?;
+        self.extents.push(Extent {
+            inode: i,
+            offset,
+            len,
+        });
+        self.next_block += len.div_ceil(BLOCK_SIZE);
+        Ok(first)
+    }
+
+    /// All of a flat file, in one run.
+    fn whole(&mut self, p: &mut InodePlan, i: usize) -> Result<()> {
+        p.data = Data::Blocks {
+            startblk: self.take(i, 0, p.block_len)?,
+        };
+        Ok(())
+    }
+
+    /// Chunks `chunks` (increasing) of a chunk-based file, consecutive ones in one run.
+    fn chunks(
+        &mut self,
+        p: &mut InodePlan,
+        i: usize,
+        chunks: impl Iterator<Item = u64>,
+    ) -> Result<()> {
+        let chunk = 1u64 << CHUNK_BITS;
+        let per_chunk = 1u32 << (CHUNK_BITS - BLOCK_BITS);
+        let mut chunks = chunks.peekable();
+        while let Some(first) = chunks.next() {
+            let mut last = first;
+            while chunks.peek() == Some(&(last + 1)) {
+                last = chunks.next().expect("peeked");
+            }
+            let offset = first * chunk;
+            let len = ((last + 1) * chunk).min(p.size) - offset;
+            let mut blk = self.take(i, offset, len)?;
+            for k in first..=last {
+                p.chunk_blocks[k as usize] = blk;
+                blk += per_chunk;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The regular files `prefetch` lists, in its order, and of those the sparsely read ones with
+/// the chunks read (increasing, deduplicated).
+fn resolve(
+    tree: &Tree,
+    prefetch: Option<&PrefetchList>,
+) -> (Vec<NodeId>, HashMap<NodeId, Vec<u64>>) {
+    let mut listed = Vec::new();
+    let mut sparse = HashMap::new();
+    let mut seen = HashSet::new();
+    for e in prefetch.into_iter().flat_map(PrefetchList::entries) {
+        let Some(&node) = tree.paths.get(e.path.as_str()) else {
+            continue;
+        };
+        let NodeKind::Reg { size, .. } = tree.nodes[node].kind else {
+            continue;
+        };
+        if !seen.insert(node) {
+            continue;
+        }
+        listed.push(node);
+        if let Some(ranges) = e.ranges.as_ref().filter(|_| e.is_sparse(size)) {
+            let mut chunks: Vec<u64> = ranges
+                .iter()
+                .filter(|&(s, _)| s < size)
+                .flat_map(|(s, end)| (s >> CHUNK_BITS)..=((end.min(size) - 1) >> CHUNK_BITS))
+                .collect();
+            chunks.dedup();
+            sparse.insert(node, chunks);
+        }
+    }
+    (listed, sparse)
 }
 
 /// Root first, then depth-first in name order, each inode at its first link: a directory's
@@ -201,8 +337,9 @@ fn nid_order(tree: &Tree) -> Vec<NodeId> {
     order
 }
 
-/// Size, data placement (blocks not yet numbered) and xattrs of `node`.
-fn shape(tree: &Tree, node: NodeId) -> Result<InodePlan> {
+/// Size, data placement (blocks not yet numbered) and xattrs of `node`; `chunked`: a regular
+/// file stored chunk-based.
+fn shape(tree: &Tree, node: NodeId, chunked: bool) -> Result<InodePlan> {
     let n = &tree.nodes[node];
     let xattrs = xattr::encode(&n.path, &n.xattrs)?;
     let room = BLOCK_SIZE - INODE_SIZE;
@@ -224,6 +361,7 @@ fn shape(tree: &Tree, node: NodeId) -> Result<InodePlan> {
         dir_shape: None,
         inline_len: 0,
         block_len: 0,
+        chunk_blocks: Vec::new(),
     };
     match &n.kind {
         NodeKind::Dir { children, .. } => {
@@ -252,7 +390,11 @@ fn shape(tree: &Tree, node: NodeId) -> Result<InodePlan> {
         }
         NodeKind::Reg { size, .. } => {
             p.size = *size;
-            if p.size > 0 && p.size <= INLINE_FILE_MAX {
+            if chunked && p.size > 0 {
+                p.block_len = p.size;
+                p.data = Data::Chunked;
+                p.chunk_blocks = vec![NULL_ADDR; p.size.div_ceil(1 << CHUNK_BITS) as usize];
+            } else if p.size > 0 && p.size <= INLINE_FILE_MAX {
                 place_whole(&mut p, room);
             } else if p.size > 0 {
                 p.block_len = p.size;

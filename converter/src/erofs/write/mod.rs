@@ -13,8 +13,10 @@
 //! alone, so the same layer always gives the same bytes.
 //!
 //! Every inode is extended (per-file mtimes with nanoseconds on every kernel) and every file
-//! is flat (no compression, chunks or extra devices), so `feature_incompat` is 0 and the image
-//! mounts on any kernel with EROFS. Xattrs are inline only (no shared xattr area).
+//! is flat (no compression or extra devices), so `feature_incompat` is 0 and the image mounts
+//! on any kernel with EROFS — unless the prefetch list marks a large file as read sparsely:
+//! that file is chunk-based (`feature_incompat` CHUNKED_FILE, kernel 5.15 and later), so only
+//! the chunks read go to the prefetch region. Xattrs are inline only (no shared xattr area).
 
 mod dir;
 mod emit;
@@ -30,13 +32,15 @@ use std::io::Write;
 
 use crate::error::{Error, Result};
 use crate::layer::Layer;
+use crate::prefetch::PrefetchList;
 
 /// Options of [`ErofsBuilder`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ErofsOptions {
-    /// Paths (normalised or not: "/a/b", "./a/b", "a/b") in access order: their data is laid
-    /// out first after all metadata. Paths that name no regular file with data are ignored.
-    pub prefetch: Option<Vec<String>>,
+    /// Files in access order: their data is laid out first after all metadata (for files
+    /// read sparsely, only the chunks read). Paths that name no regular file with data are
+    /// ignored.
+    pub prefetch: Option<PrefetchList>,
     /// Image UUID (deterministic: the caller derives it from the source layer digest); zero
     /// for none.
     pub uuid: [u8; 16],
@@ -74,14 +78,7 @@ impl ErofsBuilder {
     /// Metadata is held in memory; file contents are copied from the spool in bounded buffers.
     pub fn build<W: Write>(&self, layer: &Layer, mut out: W) -> Result<BuiltImage> {
         let tree = tree::Tree::build(layer)?;
-        let prefetch: Vec<String> = self
-            .opts
-            .prefetch
-            .iter()
-            .flatten()
-            .map(|p| normalise_list_path(p))
-            .collect();
-        let plan = layout::Plan::new(&tree, &prefetch)?;
+        let plan = layout::Plan::new(&tree, self.opts.prefetch.as_ref())?;
         let meta = emit::metadata(&tree, &plan, layer, self.opts.uuid)?;
         out.write_all(&meta)
             .map_err(|e| Error::io("write EROFS metadata", e))?;
@@ -101,14 +98,6 @@ impl ErofsBuilder {
             files: files as u64,
         })
     }
-}
-
-/// A prefetch-list path as a layer name: `/a/b`, `./a/b` and `a/b/` all name `a/b`.
-fn normalise_list_path(path: &str) -> String {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// A format error about one entry.

@@ -7,11 +7,15 @@ use std::io::Cursor;
 
 use zerocopy::FromBytes;
 
+use super::layout::CHUNK_BITS;
 use super::{BuiltImage, ErofsBuilder, ErofsOptions};
 use crate::erofs::format::{
-    superblock_checksum, InodeExtended, SuperBlock, BLOCK_SIZE, SUPER_MAGIC, SUPER_OFFSET,
+    superblock_checksum, InodeExtended, SuperBlock, BLOCK_SIZE, INCOMPAT_CHUNKED_FILE,
+    LAYOUT_CHUNK_BASED, SUPER_MAGIC, SUPER_OFFSET,
 };
+use crate::erofs::ErofsReader;
 use crate::layer::{EntryKind, IngestOptions, Layer, LayerEntry};
+use crate::prefetch::PrefetchList;
 use crate::sample;
 
 use fixtures::{edge_layer, lookup_nid, tar_of, T};
@@ -70,7 +74,9 @@ fn superblock_describes_the_image() {
 fn same_input_same_bytes() {
     for l in sample::layers(4096).into_iter().chain([edge_layer()]) {
         let opts = ErofsOptions {
-            prefetch: Some(vec!["/large/blob.bin".into(), "chunks/past".into()]),
+            prefetch: Some(
+                PrefetchList::parse("/large/blob.bin\t0+10,9000000+5\nchunks/past\n").unwrap(),
+            ),
             uuid: [1; 16],
         };
         let (a, _) = build(&ingest(&l.tar), opts.clone());
@@ -103,13 +109,13 @@ fn prefetch_listed_files_come_first_after_metadata() {
 
     let opts = ErofsOptions {
         // Hardlinks resolve to their inode; unknown, inline-only and repeated paths are skipped.
-        prefetch: Some(vec![
-            "./a/third-link".into(),
-            "/missing".into(),
-            "a/small".into(),
-            "a/second/".into(),
-            "a/third".into(),
-        ]),
+        prefetch: Some(PrefetchList::from_paths([
+            "./a/third-link",
+            "/missing",
+            "a/small",
+            "a/second/",
+            "a/third",
+        ])),
         uuid: [0; 16],
     };
     let (img, built) = build(&layer, opts);
@@ -122,6 +128,89 @@ fn prefetch_listed_files_come_first_after_metadata() {
     assert_eq!(first, built.prefetch_end);
     assert_eq!(built.size, first + 3 * BLOCK_SIZE);
     assert_eq!(img[third as usize..third as usize + 9000], [3; 9000]);
+}
+
+/// A large file read sparsely is chunk-based: only the chunks read sit in the prefetch region
+/// (at its place in the list), the rest after every listed file; it reads back whole.
+#[test]
+fn sparsely_read_files_put_only_the_chunks_read_in_the_prefetch_region() {
+    let mib = 1usize << 20;
+    let big: Vec<u8> = (0..3 * mib + 100).map(|i| (i * 7 % 251) as u8).collect();
+    let tar = tar_of(&[
+        T::file("first", vec![1; 10_000]),
+        T::file("big", big.clone()),
+        T::file("after", vec![2; 5000]),
+        T::file("other", vec![3; 9000]),
+    ]);
+    let layer = ingest(&tar);
+    let chunk = 1u64 << CHUNK_BITS;
+    // Chunks 0, 16 and 17 (a read across their boundary) and the 100-byte last chunk 48.
+    let list = format!(
+        "/first\n/big\t10+20,{}+2,{}+1\n/after\n",
+        17 * chunk - 1,
+        3 * mib + 50
+    );
+    let opts = ErofsOptions {
+        prefetch: Some(PrefetchList::parse(&list).unwrap()),
+        uuid: [0; 16],
+    };
+    let (img, built) = build(&layer, opts);
+    assert_eq!(
+        superblock(&img).feature_incompat.get(),
+        INCOMPAT_CHUNKED_FILE
+    );
+    let first = data_offset(&img, "first");
+    let after = data_offset(&img, "after");
+    assert_eq!(first, built.metadata_end);
+    // first (3 blocks), big's chunk 0, chunks 16-17, chunk 48 (one block), then after.
+    let read_chunks = 3 * chunk + BLOCK_SIZE;
+    assert_eq!(after, first + 3 * BLOCK_SIZE + read_chunks);
+    assert_eq!(built.prefetch_end, after + 2 * BLOCK_SIZE);
+    // The rest in layer order: big's other chunks, then other.
+    assert_eq!(
+        data_offset(&img, "other"),
+        built.prefetch_end + (49 - 4) * chunk
+    );
+
+    let nid = lookup_nid(&img, "big").unwrap();
+    let inode = inode_at(&img, nid);
+    assert_eq!(inode.i_format.get() >> 1, LAYOUT_CHUNK_BASED);
+    let map_at = nid as usize * 32 + 64;
+    let map = |k: usize| {
+        let at = map_at + 4 * k;
+        u64::from(u32::from_le_bytes(img[at..at + 4].try_into().unwrap())) * BLOCK_SIZE
+    };
+    assert_eq!(map(0), first + 3 * BLOCK_SIZE);
+    assert_eq!(map(16), map(0) + chunk);
+    assert_eq!(map(17), map(16) + chunk);
+    assert_eq!(map(48), map(17) + chunk);
+    assert_eq!(
+        map(1),
+        built.prefetch_end,
+        "unread chunks follow the listed files"
+    );
+    assert_eq!(map(15), map(1) + 14 * chunk);
+    assert_eq!(map(18), map(15) + chunk);
+
+    let reader = ErofsReader::open(img.as_slice()).unwrap();
+    let inode = reader
+        .inode(reader.resolve("big").unwrap().unwrap())
+        .unwrap();
+    let mut back = vec![0u8; big.len() + 10];
+    assert_eq!(reader.read(&inode, 0, &mut back).unwrap(), big.len());
+    assert!(
+        back[..big.len()] == big[..],
+        "a chunk-based file reads back whole"
+    );
+
+    // Read in full (or mostly), the same file stays one run of blocks.
+    let opts = ErofsOptions {
+        prefetch: Some(PrefetchList::parse(&format!("/big\t0+{}\n", 2 * mib)).unwrap()),
+        uuid: [0; 16],
+    };
+    let (img, built) = build(&layer, opts);
+    assert_eq!(superblock(&img).feature_incompat.get(), 0);
+    assert_eq!(data_offset(&img, "big"), built.metadata_end);
 }
 
 fn layer_of(entries: Vec<LayerEntry>) -> Layer {

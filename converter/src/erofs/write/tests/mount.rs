@@ -14,6 +14,7 @@ use super::{build, ingest};
 use crate::digest::Digest;
 use crate::erofs::ErofsOptions;
 use crate::layer::{EntryKind, Layer, LayerEntry};
+use crate::prefetch::PrefetchList;
 use crate::sample::{self, SampleLayer};
 
 /// `true` if `ok`; otherwise prints why the test is skipped, or panics under `CI=true`.
@@ -55,7 +56,14 @@ fn write_image(dir: &Path, l: &SampleLayer) -> (PathBuf, Layer) {
     let (img, _) = build(
         &layer,
         ErofsOptions {
-            prefetch: Some(vec!["types/file".into(), "large/blob.bin".into()]),
+            // The large layer's 20 MiB blob read sparsely: stored chunk-based, so fsck and
+            // the kernel see both layouts.
+            prefetch: Some(
+                PrefetchList::parse(
+                    "/types/file\n/large/blob.bin\t0+4096,65536+1,5000000+300000,20971000+520\n",
+                )
+                .unwrap(),
+            ),
             uuid: [0x5a; 16],
         },
     );
