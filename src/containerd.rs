@@ -148,6 +148,31 @@ fn terminate(mut child: Child, grace: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Poll `ready` (every 20 ms) until it holds, then hand `child` back. If `child` exits first
+/// or `timeout` passes (then it is killed), fail with `what` and the log at `log`.
+fn wait_ready(
+    mut child: Child,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<Option<Child>> {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited with {status}:\n{}", log());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} not ready after {timeout:?}:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(child))
+}
+
 /// A running `lazypull snapshotter`, logging to a file; stopped on drop, after which nothing
 /// stays mounted under its root.
 pub struct Snapshotter {
@@ -208,26 +233,11 @@ impl Snapshotter {
             .stderr(err)
             .spawn()
             .context("starting lazypull snapshotter")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!("lazypull snapshotter exited with {status}:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "lazypull snapshotter does not listen on {}:\n{}",
-                    self.socket.display(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("lazypull snapshotter (socket {})", self.socket.display());
+        let socket = &self.socket;
+        self.child = wait_ready(child, &what, &self.log, Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        })?;
         Ok(())
     }
 
@@ -376,23 +386,15 @@ state = "{d}/state"
             dir: dir.to_path_buf(),
             socket,
             log,
-            child: Some(child),
+            child: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = c.ctr("default", &["version"], Duration::from_secs(10));
-            if up.is_ok_and(|o| o.status.success()) {
-                return Ok(c);
-            }
-            if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
-                c.child = None;
-                bail!("containerd exited with {status}:\n{}", c.log());
-            }
-            if Instant::now() > deadline {
-                bail!("containerd not up after 30 s:\n{}", c.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let up = || {
+            c.ctr("default", &["version"], Duration::from_secs(10))
+                .is_ok_and(|o| o.status.success())
+        };
+        let child = wait_ready(child, "containerd", &c.log, Duration::from_secs(30), up)?;
+        c.child = child;
+        Ok(c)
     }
 
     /// containerd's log so far.
@@ -523,22 +525,15 @@ impl Registry {
             .stderr(err)
             .spawn()
             .context("starting docker-registry")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_status(&self.host, "/v2/").is_none() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!("docker-registry exited with {status}:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("docker-registry not up after 20 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let host = &self.host;
+        let log = self.log_path();
+        self.child = wait_ready(
+            child,
+            "docker-registry",
+            &log,
+            Duration::from_secs(20),
+            || http_status(host, "/v2/").is_some(),
+        )?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! installed (under CI it must be). Only that every mode reaches ready and that the lazy modes
 //! fetch less than their full pull is asserted: times are for the benchmark, not for tests.
 
-use crate::util::{ci, is_root, lazypull, missing_tool, skip_unless};
+use crate::util::{ci, is_root, lazypull, skip_unless};
 
 const HARNESS_MODES: [&str; 5] = [
     "full pull",
@@ -32,21 +32,10 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
         std::path::Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing"
     );
-    let missing = missing_tool(&[
-        "containerd",
-        "containerd-shim-runc-v2",
-        "ctr",
-        "ctr-remote",
-        "runc",
-        "docker-registry",
-        "skopeo",
-    ]);
-    if let Some(tool) = &missing {
-        assert!(
-            !ci(),
-            "CI=true and the containerd modes cannot run: `{tool}` is not installed"
-        );
-        eprintln!("SKIPPED (containerd modes only): `{tool}` is not installed");
+    let containerd = lazypull::bench::containerd_support();
+    if let Err(why) = &containerd {
+        assert!(!ci(), "CI=true and the containerd modes cannot run: {why}");
+        eprintln!("SKIPPED (containerd modes only): {why}");
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -71,7 +60,7 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
     let mut expected = HARNESS_MODES.to_vec();
-    if missing.is_none() {
+    if containerd.is_ok() {
         expected.extend(CONTAINERD_MODES);
     }
     assert_eq!(modes, expected);
@@ -99,7 +88,7 @@ fn quick_bench_reaches_ready_in_every_mode_and_lazy_modes_fetch_less() {
     // Both full pulls moved the whole gzip image.
     let gzip = report["images"][0]["gzipBytes"].as_u64().unwrap();
     assert!(summary("full pull")["bytesMedian"].as_u64().unwrap() >= gzip);
-    if missing.is_none() {
+    if containerd.is_ok() {
         let full = summary("containerd full pull")["bytesMedian"]
             .as_u64()
             .unwrap();

@@ -153,17 +153,11 @@ pub fn run_once(
     }
     run.arg(&reference).arg(container_id()).args(&workload.argv);
     let out = output_with_timeout(&mut run, None, TIMEOUT)?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() || !text.contains(&workload.ready) {
+    if let Err(printed) = super::run::got_ready(&out, &workload.ready) {
         bail!(
-            "ctr run {reference} {:?} did not get ready ({}): {}{}",
+            "ctr run {reference} {:?} did not get ready ({}): {printed}{}",
             workload.argv,
             out.status,
-            text.chars().take(2000).collect::<String>(),
             snapshotter_tail(&snapshotter, lazy)
         );
     }

@@ -18,6 +18,8 @@
 //! node: page cache dropped, empty chunk cache, fresh mounts.
 
 mod containerd;
+
+pub use containerd::support as containerd_support;
 mod images;
 mod link;
 mod report;

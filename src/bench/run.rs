@@ -327,17 +327,11 @@ pub(super) fn run_workload(root: &Path, w: &Workload, mounts: &mut Mounts) -> Re
         .current_dir("/")
         .output()
         .context("running the workload")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() || !text.contains(&w.ready) {
+    if let Err(printed) = got_ready(&out, &w.ready) {
         bail!(
-            "the workload {:?} did not get ready ({}): {}",
+            "the workload {:?} did not get ready ({}): {printed}",
             w.argv,
-            out.status,
-            text.chars().take(2000).collect::<String>()
+            out.status
         );
     }
     Ok(())
@@ -462,6 +456,23 @@ pub fn is_mounted(path: &Path) -> bool {
     let p = path.display().to_string();
     std::fs::read_to_string("/proc/self/mounts")
         .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str())))
+}
+
+/// Whether a workload's run succeeded and printed `ready`; if not, the start of what it printed.
+pub(super) fn got_ready(
+    out: &std::process::Output,
+    ready: &str,
+) -> std::result::Result<(), String> {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.contains(ready) {
+        Ok(())
+    } else {
+        Err(text.chars().take(2000).collect())
+    }
 }
 
 #[cfg(test)]

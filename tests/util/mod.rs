@@ -12,10 +12,10 @@ pub mod toc;
 pub mod tree;
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -87,54 +87,11 @@ pub fn corpus_layer(name: &str) -> &'static SampleLayer {
         .unwrap_or_else(|| panic!("no corpus layer `{name}`"))
 }
 
-/// Run `cmd` to completion, feeding it `stdin`, failing the test if it outlives `timeout`.
+/// Run `cmd` to completion, feeding it `stdin`, failing the test if it outlives `timeout`
+/// ([`lazypull::containerd::output_with_timeout`], whose errors panic).
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let feeder = stdin.map(|data| {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            // The child may exit early (that is its business); ignore broken pipes.
-            let _ = pipe.write_all(&data);
-        })
-    });
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{desc} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Some(f) = feeder {
-        let _ = f.join();
-    }
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    lazypull::containerd::output_with_timeout(cmd, stdin, timeout)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// What a finished command printed, and what it cost.
